@@ -1,0 +1,205 @@
+from typing import Any, ClassVar, TypeVar
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+
+from sb3_async.a3c.worker import A3CWorker
+from sb3_async.common.async_algorithm import AsyncAlgorithmMixin, default_n_workers
+
+SelfA3C = TypeVar("SelfA3C", bound="A3C")
+
+_SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict)
+
+
+class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
+    """
+    Asynchronous Advantage Actor Critic (A3C)
+
+    Paper: https://arxiv.org/abs/1602.01783
+
+    ``n_workers`` processes each run ``envs_per_worker`` envs with a local copy of the policy for
+    ``n_steps`` steps, compute the gradient of the A2C loss on that segment and hand it to the learner
+    (this process), which applies each gradient as it arrives, with no barrier between workers. The
+    worker then copies the newest parameters and goes on. The learner's single optimizer means
+    RMSprop statistics are shared by all workers, as in the paper's best variant.
+
+    See ``docs/architecture.md`` for who sends what to whom, and ``docs/a3c.md`` for usage.
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...)
+    :param env: The environment to learn from: an env id, a picklable callable that returns a gym.Env,
+        or a VecEnv that the workers can rebuild (see ``sb3_async.common.envs``). The learner never
+        steps it; each worker builds ``envs_per_worker`` envs like it.
+    :param learning_rate: The learning rate, it can be a function
+        of the current progress remaining (from 1 to 0)
+    :param n_steps: The number of steps each worker runs in each of its envs per gradient
+        (the paper's t_max)
+    :param gamma: Discount factor
+    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator.
+        Equivalent to classic advantage when set to 1.
+    :param ent_coef: Entropy coefficient for the loss calculation
+    :param vf_coef: Value function coefficient for the loss calculation
+    :param max_grad_norm: The maximum value for the gradient clipping (applied by the learner)
+    :param rms_prop_eps: RMSProp epsilon. It stabilizes square root computation in denominator
+        of RMSProp update
+    :param use_rms_prop: Whether to use RMSprop (default) or Adam as optimizer
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+        instead of action noise exploration (default: False)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
+        Default: -1 (only sample at the beginning of the rollout)
+    :param rollout_buffer_class: Rollout buffer class each worker uses for its segment.
+        If ``None``, it will be automatically selected.
+    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation.
+    :param normalize_advantage: Whether to normalize or not the advantage
+    :param n_workers: Number of worker processes (default: the number of CPU cores available)
+    :param envs_per_worker: Number of envs each worker steps together
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages (such as device or wrappers used), 2 for
+        debug messages
+    :param seed: Seed for the pseudo random generators (worker ``k`` uses ``seed + k``)
+    :param device: Device (cpu, cuda, ...) on which the learner's policy lives. Workers always run on the CPU.
+        Setting it to auto, the code will be run on the GPU if possible.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": ActorCriticPolicy,
+        "CnnPolicy": ActorCriticCnnPolicy,
+        "MultiInputPolicy": MultiInputActorCriticPolicy,
+    }
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 7e-4,
+        n_steps: int = 5,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        rms_prop_eps: float = 1e-5,
+        use_rms_prop: bool = True,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        normalize_advantage: bool = False,
+        n_workers: int | None = None,
+        envs_per_worker: int = 1,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        self.n_workers = default_n_workers() if n_workers is None else n_workers
+        self.envs_per_worker = envs_per_worker
+        self._validate_async_arguments(n_steps)
+        self._user_env = env
+        try:
+            super().__init__(
+                policy,
+                self._learner_env(env),
+                learning_rate=learning_rate,
+                n_steps=n_steps,
+                gamma=gamma,
+                gae_lambda=gae_lambda,
+                ent_coef=ent_coef,
+                vf_coef=vf_coef,
+                max_grad_norm=max_grad_norm,
+                use_sde=use_sde,
+                sde_sample_freq=sde_sample_freq,
+                rollout_buffer_class=rollout_buffer_class,
+                rollout_buffer_kwargs=rollout_buffer_kwargs,
+                stats_window_size=stats_window_size,
+                tensorboard_log=tensorboard_log,
+                policy_kwargs=policy_kwargs,
+                verbose=verbose,
+                device=device,
+                seed=seed,
+                _init_setup_model=False,
+                supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+            )
+        except AssertionError as error:  # SB3 checks the action space with an assert
+            raise ValueError(str(error)) from error
+        if self.env is not None and not isinstance(self.observation_space, _SUPPORTED_OBSERVATION_SPACES):
+            raise ValueError(f"A3C does not support observation space {self.observation_space}")
+        self.normalize_advantage = normalize_advantage
+        self.n_envs = self.n_workers * self.envs_per_worker
+
+        # Update optimizer inside the policy if we want to use RMSProp
+        # (original implementation) rather than Adam
+        if use_rms_prop and "optimizer_class" not in self.policy_kwargs:
+            self.policy_kwargs["optimizer_class"] = th.optim.RMSprop
+            self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)
+
+        if self.env is not None:
+            self._worker_env_factory()  # fail now, not in the workers, if they cannot build this env
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        # No rollout buffer here: each worker keeps its own (see A3CWorker).
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(  # type: ignore[assignment]
+            self.observation_space, self.action_space, self.lr_schedule, use_sde=self.use_sde, **self.policy_kwargs
+        )
+        self.policy = self.policy.to(self.device)
+        self._maybe_recommend_cpu()
+
+    def _worker_policy_kwargs(self) -> dict[str, Any]:
+        return dict(use_sde=self.use_sde, **self.policy_kwargs)
+
+    def _worker_logic(self) -> tuple[type, dict[str, Any]]:
+        return A3CWorker, dict(
+            n_steps=self.n_steps,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            ent_coef=self.ent_coef,
+            vf_coef=self.vf_coef,
+            normalize_advantage=self.normalize_advantage,
+            use_sde=self.use_sde,
+            sde_sample_freq=self.sde_sample_freq,
+            rollout_buffer_class=self.rollout_buffer_class,
+            rollout_buffer_kwargs=self.rollout_buffer_kwargs,
+        )
+
+    def train(self) -> None:
+        raise NotImplementedError("A3C trains in learn(): the learner applies each worker's gradient as it arrives")
+
+    def learn(
+        self: SelfA3C,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 100,
+        tb_log_name: str = "A3C",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfA3C:
+        """
+        Train for ``total_timesteps`` env steps, summed over all workers' envs.
+
+        One logging iteration is ``n_workers * envs_per_worker * n_steps`` timesteps, the same amount
+        of experience as one A2C update with as many envs.
+        """
+        return self._learn_async(
+            total_timesteps,
+            callback,
+            log_interval,
+            tb_log_name,
+            reset_num_timesteps,
+            progress_bar,
+            timesteps_per_iteration=self.n_workers * self.envs_per_worker * self.n_steps,
+        )

@@ -1,0 +1,3 @@
+from sb3_async.common.collector import AsyncGradientCollector, Segment, WorkerError, WorkerLogic, WorkerSpec
+
+__all__ = ["AsyncGradientCollector", "Segment", "WorkerError", "WorkerLogic", "WorkerSpec"]

@@ -1,0 +1,248 @@
+"""The learner loop shared by the asynchronous algorithms (mixed into SB3's base algorithm classes)."""
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
+from stable_baselines3.common.type_aliases import MaybeCallback
+from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_async.common.collector import (
+    AsyncGradientCollector,
+    GradientReport,
+    WorkerSpec,
+    flat_gradient_view,
+    flat_parameters_view,
+)
+from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
+
+
+def default_n_workers() -> int:
+    """One worker per CPU core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class AsyncProgressBarCallback(ProgressBarCallback):
+    """SB3's progress bar, advanced by the timesteps of all workers' envs, not the learner env's."""
+
+    def _on_step(self) -> bool:
+        self.pbar.update(self.model.n_envs)
+        return True
+
+
+@dataclass
+class _LogWindow:
+    """What happened since the last ``dump_logs``."""
+
+    started_at: float = field(default_factory=time.perf_counter)
+    idle_seconds_at_start: float = 0.0
+    staleness: list[int] = field(default_factory=list)
+    stats: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, report: GradientReport) -> None:
+        self.staleness.append(report.staleness)
+        for key, value in report.segment.stats.items():
+            self.stats.setdefault(key, []).append(value)
+
+
+class AsyncAlgorithmMixin:
+    """
+    The learner half of an asynchronous algorithm: ``learn()`` starts the workers of an
+    :class:`~sb3_async.common.collector.AsyncGradientCollector`, applies each gradient as it arrives
+    with the policy's one optimizer (so RMSprop statistics are shared by construction), runs SB3's
+    callbacks and logger, and always stops the workers before returning.
+
+    The algorithm class provides ``_worker_logic()``: its WorkerLogic class and keyword arguments.
+    """
+
+    # Set by the algorithm's __init__ (these annotations document the contract).
+    n_workers: int
+    envs_per_worker: int
+    max_grad_norm: float | None
+    _user_env: Any
+
+    def _validate_async_arguments(self, n_steps: int) -> None:
+        for name, value in (("n_workers", self.n_workers), ("envs_per_worker", self.envs_per_worker), ("n_steps", n_steps)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    @staticmethod
+    def _learner_env(env: Any) -> Any:
+        """
+        What the learner keeps as ``self.env``: the user's env, with a callable turned into one env
+        (the learner only needs its spaces and a target for callbacks), and an unknown id turned into
+        a ValueError.
+        """
+        if isinstance(env, str):
+            try:
+                gym.spec(env)
+            except gym.error.Error as error:
+                raise ValueError(f"unknown env id {env!r}: {error}") from error
+        elif callable(env) and not isinstance(env, (gym.Env, VecEnv)):
+            return env()
+        return env
+
+    def _worker_env_factory(self) -> WorkerEnvFactory:
+        return WorkerEnvFactory.from_user_env(self._user_env, self.env, self.envs_per_worker, self.seed)
+
+    def _worker_logic(self) -> tuple[type, dict[str, Any]]:
+        raise NotImplementedError
+
+    def _worker_spec(self) -> WorkerSpec:
+        logic_class, logic_kwargs = self._worker_logic()
+        return WorkerSpec(
+            env_factory=self._worker_env_factory(),
+            policy_class=self.policy_class,
+            policy_kwargs=self._worker_policy_kwargs(),
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+            logic_class=logic_class,
+            logic_kwargs=logic_kwargs,
+            normalization=self._normalization_statistics(),
+            seed=self.seed,
+        )
+
+    def _worker_policy_kwargs(self) -> dict[str, Any]:
+        return dict(self.policy_kwargs)
+
+    def _normalization_statistics(self) -> NormalizationStatistics | None:
+        if self._vec_normalize_env is None:
+            return None
+        return NormalizationStatistics.of(self._vec_normalize_env)
+
+    def set_env(self, env: Any, force_reset: bool = True) -> None:
+        self._user_env = env
+        super().set_env(self._learner_env(env), force_reset)  # type: ignore[misc]
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_user_env"]  # type: ignore[misc]
+
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        if progress_bar:
+            callbacks = callback if isinstance(callback, list) else [callback] if callback is not None else []
+            callback = [*callbacks, AsyncProgressBarCallback()]
+        return super()._init_callback(callback, progress_bar=False)  # type: ignore[misc]
+
+    def _learn_async(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback,
+        log_interval: int | None,
+        tb_log_name: str,
+        reset_num_timesteps: bool,
+        progress_bar: bool,
+        timesteps_per_iteration: int,
+    ):
+        self._validate_async_arguments(getattr(self, "n_steps", 1))
+        if self.env is None:
+            raise ValueError("this model has no env: pass one with model.set_env(env) or Model.load(path, env=env)")
+        self.n_envs = self.n_workers * self.envs_per_worker
+        total_timesteps, callback = self._setup_learn(  # type: ignore[misc]
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
+        if reset_num_timesteps or not hasattr(self, "_uncounted_steps"):
+            self._uncounted_steps = 0  # env steps not yet passed to callbacks (less than n_envs)
+            self.dropped_updates = 0
+        # The learner's apply is on every worker's critical path. Parameters and gradients as views of
+        # two flat tensors make loading a gradient, clipping it and publishing parameters one op each.
+        params = list(self.policy.parameters())
+        flat_params, flat_gradient = flat_parameters_view(params), flat_gradient_view(params)
+        for group in self.policy.optimizer.param_groups:
+            if group.get("foreach") is None:
+                group["foreach"] = True  # same update, one kernel per op for all tensors
+        collector = AsyncGradientCollector(self._worker_spec(), self.n_workers, flat_params)
+        callback.on_training_start(locals(), globals())
+        window = _LogWindow()
+        iteration = 0
+        try:
+            collector.start()
+            while self.num_timesteps < total_timesteps:
+                report = collector.next_report()
+                self._apply_report(collector, report, flat_params, flat_gradient)
+                window.add(report)
+                self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+                if not self._run_callbacks(callback, report):
+                    break
+                done_iterations = (self.num_timesteps - self._num_timesteps_at_start) // timesteps_per_iteration
+                if done_iterations > iteration:
+                    iteration = done_iterations
+                    if log_interval is not None and iteration % log_interval == 0:
+                        self._record_async_logs(window, collector)
+                        self.dump_logs(iteration)
+                        window = _LogWindow(idle_seconds_at_start=collector.idle_seconds)
+        finally:
+            collector.close()
+        callback.on_training_end()
+        return self
+
+    def _apply_report(
+        self, collector: AsyncGradientCollector, report: GradientReport, flat_params: th.Tensor, flat_gradient: th.Tensor
+    ) -> None:
+        """Apply one worker's gradient (unless it is not finite), publish, and let the worker go on."""
+        flat_gradient.copy_(collector.gradient(report.worker_id))
+        gradient_norm = flat_gradient.norm().item()
+        if np.isfinite(gradient_norm):
+            if self.max_grad_norm is not None:
+                # th.nn.utils.clip_grad_norm_, on the one flat tensor the .grad's are views of.
+                flat_gradient.mul_(min(1.0, self.max_grad_norm / (gradient_norm + 1e-6)))
+            self._update_learning_rate(self.policy.optimizer)
+            self.policy.optimizer.step()
+            collector.publish(flat_params)
+            self._n_updates += 1
+            if report.normalization is not None and self._vec_normalize_env is not None:
+                report.normalization.merge_into(self._vec_normalize_env)
+        else:
+            # A dropped update contributes nothing, not even its normalization statistics.
+            self.dropped_updates += 1
+        collector.release(report.worker_id, self._normalization_statistics())
+
+    def _run_callbacks(self, callback: BaseCallback, report: GradientReport) -> bool:
+        """
+        Count the report's env steps and call ``on_step`` once per ``n_envs`` of them, as SB3 does
+        once per ``env.step()`` of all envs. ``locals()["infos"]``/``["dones"]`` hold the episodes the
+        report finished (passed with the first ``on_step`` of the report only, so nothing is counted twice).
+        """
+        infos = []
+        for episode in report.segment.episode_infos:
+            info = {"episode": {key: episode[key] for key in ("r", "l", "t")}}
+            self.ep_info_buffer.append(info["episode"])
+            if "is_success" in episode:
+                info["is_success"] = episode["is_success"]
+                self.ep_success_buffer.append(episode["is_success"])
+            infos.append(info)
+        dones = np.ones(len(infos), dtype=bool)
+        callback.on_rollout_start()
+        self._uncounted_steps += report.segment.n_env_steps
+        continue_training = True
+        while self._uncounted_steps >= self.n_envs:
+            self._uncounted_steps -= self.n_envs
+            self.num_timesteps += self.n_envs
+            callback.update_locals({"infos": infos, "dones": dones, "report": report})
+            infos, dones = [], np.zeros(0, dtype=bool)
+            if not callback.on_step():
+                continue_training = False
+                break
+        callback.on_rollout_end()
+        return continue_training
+
+    def _record_async_logs(self, window: _LogWindow, collector: AsyncGradientCollector) -> None:
+        elapsed = max(time.perf_counter() - window.started_at, sys.float_info.epsilon)
+        for key, values in window.stats.items():
+            self.logger.record(f"train/{key}", float(np.mean(values)))
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if window.staleness:
+            self.logger.record("async/staleness_mean", float(np.mean(window.staleness)))
+            self.logger.record("async/staleness_max", int(np.max(window.staleness)))
+        self.logger.record("async/updates_per_s", len(window.staleness) / elapsed)
+        self.logger.record("async/learner_idle_fraction", (collector.idle_seconds - window.idle_seconds_at_start) / elapsed)
+        self.logger.record("async/dropped_updates", self.dropped_updates)
+        self.logger.record("async/n_workers", self.n_workers, exclude="tensorboard")

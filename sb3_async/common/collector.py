@@ -1,0 +1,404 @@
+"""
+The asynchronous gradient collector: the part of sb3_async that every algorithm shares.
+
+It replaces SB3's synchronous rollout buffer. K worker processes each own their envs and a local
+copy of the policy; each turns a short segment of experience into a gradient and hands it to the
+learner (the main process), which applies gradients one at a time, first come first served, with
+no barrier between workers::
+
+    learner (main process)                               worker k  (K processes)
+    ----------------------                               -----------------------
+    release(k) -------- "go" (+ VecNormalize stats) ---> wait for "go"
+                                                         copy the newest parameters  <--- params (shm)
+                                                         WorkerLogic.compute_loss():
+                                                             n_steps in its own envs -> loss
+                                                         loss.backward()
+                                                         write the flat gradient ---> gradients[k] (shm)
+    next_report() <------------ report queue ----------- GradientReport(k, params_version, episodes, ...)
+    apply gradients[k] with the one optimizer
+    publish() ---> params (shm), params_version += 1
+    release(k) ...
+
+Tensors never travel through pickles: the parameters and one gradient slot per worker live in shared
+memory, created once; the queue and the pipes only carry small messages that name a slot. A worker
+waits for its own "go" before it copies the parameters, so its next segment always runs with a
+policy that includes its own last update, as in the paper's Hogwild version; how many *other*
+updates landed in between is the staleness the learner logs.
+
+The algorithm-specific half of a worker is a :class:`WorkerLogic` subclass living in the
+algorithm's own folder (e.g. ``sb3_async/a3c/worker.py``); the learner loop that drives this
+collector is :class:`sb3_async.common.async_algorithm.AsyncAlgorithmMixin`.
+"""
+
+import multiprocessing as mp
+import signal
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import cloudpickle
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
+
+from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory, WorkerVecNormalize, dumps_for_workers
+
+# A worker that died is seen at once through its sentinel; this only bounds a wait that sees nothing.
+_WAIT_SECONDS = 1.0
+_START_TIMEOUT_SECONDS = 120.0
+
+
+@dataclass
+class Segment:
+    """What a worker tells the learner about the experience behind one gradient."""
+
+    n_env_steps: int
+    episode_infos: list[dict[str, float]] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class WorkerLogic(ABC):
+    """
+    The algorithm-specific half of a worker: given envs and a policy whose parameters the
+    collector keeps in sync with the learner, gather experience and return the loss to differentiate.
+
+    :param env: the worker's own envs
+    :param policy: the worker's local copy of the policy
+    :param worker_id: index of this worker, from 0
+    """
+
+    def __init__(self, env: VecEnv, policy: BasePolicy, worker_id: int) -> None:
+        self.env = env
+        self.policy = policy
+        self.worker_id = worker_id
+
+    @abstractmethod
+    def compute_loss(self) -> tuple[th.Tensor, Segment]:
+        """Run one segment with the freshly synced policy; return its loss and what it saw."""
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs to build itself; cloudpickled once, at start."""
+
+    env_factory: WorkerEnvFactory
+    policy_class: type[BasePolicy]
+    policy_kwargs: dict[str, Any]
+    observation_space: spaces.Space
+    action_space: spaces.Space
+    logic_class: type[WorkerLogic]
+    logic_kwargs: dict[str, Any]
+    normalization: NormalizationStatistics | None = None
+    seed: int | None = None
+
+    def build_policy(self) -> BasePolicy:
+        # The local copy never steps an optimizer, so its learning rate does not matter.
+        policy = self.policy_class(self.observation_space, self.action_space, lambda _: 0.0, **self.policy_kwargs)
+        return policy.to("cpu")
+
+
+@dataclass
+class GradientReport:
+    """Worker -> learner: "my gradient is in my slot"."""
+
+    worker_id: int
+    params_version: int
+    segment: Segment
+    normalization: NormalizationStatistics | None = None
+    staleness: int = 0  # filled in by the learner: updates applied since the worker copied the parameters
+
+
+@dataclass
+class _Ready:
+    worker_id: int
+
+
+@dataclass
+class _Failure:
+    worker_id: int
+    traceback: str
+
+
+@dataclass
+class _Go:
+    normalization: NormalizationStatistics | None = None
+
+
+_STOP = None
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed or died. ``worker_traceback`` holds its traceback when it had one."""
+
+    def __init__(self, worker_id: int, reason: str, worker_traceback: str | None = None) -> None:
+        self.worker_id = worker_id
+        self.reason = reason
+        self.worker_traceback = worker_traceback
+        message = f"sb3_async worker {worker_id} {reason}"
+        if worker_traceback:
+            message += f"\n\nTraceback in worker {worker_id}:\n{worker_traceback}"
+        super().__init__(message)
+
+
+@dataclass
+class _ReportChannel:
+    """Workers -> learner: one pipe, so reports are read in the order they were sent."""
+
+    reader: Connection
+    writer: Connection
+    write_lock: Any  # so that two workers' messages never interleave
+
+    def send(self, message: Any) -> None:
+        with self.write_lock:
+            self.writer.send(message)
+
+
+@dataclass
+class _SharedMemory:
+    params: th.Tensor  # flat global parameters, written only by the learner
+    params_version: th.Tensor  # int64[1]: number of updates applied so far
+    gradients: th.Tensor  # [n_workers, n_params]: row k written only by worker k
+    params_lock: Any  # so that no worker copies half-written parameters
+
+
+def flat_parameters_view(params: Sequence[th.nn.Parameter]) -> th.Tensor:
+    """Re-seat ``params`` as views into one flat tensor (returned), so syncing is one copy."""
+    flat = th.nn.utils.parameters_to_vector(params).detach().clone()
+    th.nn.utils.vector_to_parameters(flat, params)
+    return flat
+
+
+def write_flat_gradient(params: Sequence[th.nn.Parameter], out: th.Tensor) -> None:
+    offset = 0
+    for param in params:
+        size = param.numel()
+        if param.grad is None:  # a parameter the loss does not use
+            out[offset : offset + size].zero_()
+        else:
+            out[offset : offset + size].copy_(param.grad.view(-1))
+        offset += size
+
+
+def flat_gradient_view(params: Sequence[th.nn.Parameter]) -> th.Tensor:
+    """Give every parameter a ``.grad`` that is a view into one flat zero tensor (returned)."""
+    flat = th.zeros(sum(param.numel() for param in params), dtype=params[0].dtype, device=params[0].device)
+    offset = 0
+    for param in params:
+        size = param.numel()
+        param.grad = flat[offset : offset + size].view_as(param)
+        offset += size
+    return flat
+
+
+def _worker_main(
+    worker_id: int, spec_bytes: bytes, shared: _SharedMemory, go_receiver: Connection, reports: _ReportChannel
+) -> None:
+    # Ctrl-C reaches the whole process group; the learner decides how everybody stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Workers already fill the cores; intra-op threads on top of them only oversubscribe.
+    th.set_num_threads(1)
+    # Argument checks in torch.distributions cost more than the tiny networks' forward passes.
+    th.distributions.Distribution.set_default_validate_args(False)
+    env = None
+    try:
+        spec: WorkerSpec = cloudpickle.loads(spec_bytes)
+        if spec.seed is not None:
+            set_random_seed(spec.seed + worker_id)
+        env = spec.env_factory.build(worker_id, spec.normalization)
+        vec_normalize = unwrap_vec_normalize(env)
+        assert vec_normalize is None or isinstance(vec_normalize, WorkerVecNormalize)
+        policy = spec.build_policy()
+        params = list(policy.parameters())
+        local_params = flat_parameters_view(params)
+        if local_params.numel() != shared.params.numel():
+            raise RuntimeError(f"the worker's policy has {local_params.numel()} parameters, the learner's {shared.params.numel()}")
+        logic = spec.logic_class(env, policy, worker_id, **spec.logic_kwargs)
+        my_gradient = shared.gradients[worker_id]
+        reports.send(_Ready(worker_id))
+
+        while True:
+            go = go_receiver.recv()
+            if go is _STOP:
+                break
+            if go.normalization is not None and vec_normalize is not None:
+                vec_normalize.load_learner_statistics(go.normalization)
+            with shared.params_lock:
+                local_params.copy_(shared.params)
+                params_version = int(shared.params_version.item())
+            loss, segment = logic.compute_loss()
+            policy.zero_grad(set_to_none=True)
+            loss.backward()
+            write_flat_gradient(params, out=my_gradient)
+            new_statistics = vec_normalize.pop_new_statistics() if vec_normalize is not None else None
+            reports.send(GradientReport(worker_id, params_version, segment, new_statistics))
+    except (EOFError, BrokenPipeError):
+        pass  # the learner is gone: there is nobody to report to
+    except BaseException:
+        reports.send(_Failure(worker_id, traceback.format_exc()))
+    finally:
+        if env is not None:
+            try:
+                env.close()
+            except Exception:
+                pass
+
+
+def _multiprocessing_context() -> mp.context.BaseContext:
+    """``forkserver`` (workers fork from a clean server that has imported torch once), else ``spawn``."""
+    if "forkserver" in mp.get_all_start_methods():
+        context = mp.get_context("forkserver")
+        # Takes effect when the server starts (once per learner process); each worker then starts in
+        # milliseconds instead of importing torch and SB3 again. torch._dynamo is what the first
+        # torch optimizer of a process imports (about 1 s), and SB3 policies always build one.
+        context.set_forkserver_preload(["sb3_async", "torch._dynamo"])
+        return context
+    return mp.get_context("spawn")
+
+
+class AsyncGradientCollector:
+    """
+    The learner's side of the collector: starts the workers, hands out their gradients one at a
+    time, publishes new parameters and stops everything in :meth:`close` (also on errors).
+
+    :param spec: how each worker builds its envs, its policy and its :class:`WorkerLogic`
+    :param n_workers: number of worker processes
+    :param initial_params: the learner's flat parameters, published to the workers at start
+    """
+
+    def __init__(self, spec: WorkerSpec, n_workers: int, initial_params: th.Tensor) -> None:
+        self.n_workers = n_workers
+        # Pickling problems surface here, before any process starts.
+        self._spec_bytes = dumps_for_workers(spec, what="the worker setup (policy, env factory, hyperparameters)")
+        self._context = _multiprocessing_context()
+        flat = initial_params.detach().to("cpu").clone()
+        self._shared = _SharedMemory(
+            params=flat.share_memory_(),
+            params_version=th.zeros(1, dtype=th.int64).share_memory_(),
+            gradients=th.zeros(n_workers, flat.numel(), dtype=flat.dtype).share_memory_(),
+            params_lock=self._context.Lock(),
+        )
+        reader, writer = self._context.Pipe(duplex=False)
+        self._reports = _ReportChannel(reader, writer, self._context.Lock())
+        self._go_senders: list[Any] = []
+        self._processes: list[mp.process.BaseProcess] = []
+        self.version = 0
+        self.idle_seconds = 0.0
+        self._closed = False
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [process.pid for process in self._processes if process.pid is not None]
+
+    def start(self) -> None:
+        """Start every worker, wait until each has built its envs and policy, then let them run."""
+        for worker_id in range(self.n_workers):
+            go_receiver, go_sender = self._context.Pipe(duplex=False)
+            process = self._context.Process(
+                target=_worker_main,
+                args=(worker_id, self._spec_bytes, self._shared, go_receiver, self._reports),
+                name=f"sb3_async-worker-{worker_id}",
+                daemon=True,
+            )
+            process.start()
+            go_receiver.close()  # the worker holds the only reading end: it sees EOF if we die
+            self._processes.append(process)
+            self._go_senders.append(go_sender)
+        deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+        n_ready = 0
+        while n_ready < self.n_workers:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sb3_async workers did not start within {_START_TIMEOUT_SECONDS:.0f} s")
+            message = self._receive()
+            assert isinstance(message, _Ready), f"unexpected message before start: {message}"
+            n_ready += 1
+        for worker_id in range(self.n_workers):
+            self.release(worker_id)
+
+    def next_report(self) -> GradientReport:
+        """Block until some worker's gradient is ready (raises :class:`WorkerError` if one fails)."""
+        waiting_since = time.perf_counter()
+        message = self._receive()
+        self.idle_seconds += time.perf_counter() - waiting_since
+        assert isinstance(message, GradientReport), f"unexpected message: {message}"
+        message.staleness = self.version - message.params_version
+        return message
+
+    def gradient(self, worker_id: int) -> th.Tensor:
+        """Worker ``worker_id``'s flat gradient, valid until that worker is released."""
+        return self._shared.gradients[worker_id]
+
+    def publish(self, flat_params: th.Tensor) -> None:
+        """Make ``flat_params`` the parameters that workers copy from now on."""
+        with self._shared.params_lock:
+            self._shared.params.copy_(flat_params)
+            self.version += 1
+            self._shared.params_version.fill_(self.version)
+
+    def release(self, worker_id: int, normalization: NormalizationStatistics | None = None) -> None:
+        """Let worker ``worker_id`` copy the newest parameters and go on."""
+        self._go_senders[worker_id].send(_Go(normalization))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every worker (politely, then by force) and free every resource. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for sender in self._go_senders:
+            try:
+                sender.send(_STOP)
+            except OSError:  # that worker is already gone
+                pass
+        deadline = time.monotonic() + timeout
+        for process in self._processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(1.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            process.close()
+        for connection in [*self._go_senders, self._reports.reader, self._reports.writer]:
+            connection.close()
+        # Drop the last references to the shared tensors and the locks (Process objects keep their
+        # arguments), so their memory and /dev/shm semaphores go now, not at some later gc.collect().
+        self._processes.clear()
+        self._go_senders.clear()
+        del self._shared, self._reports
+
+    def __enter__(self) -> "AsyncGradientCollector":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _receive(self) -> Any:
+        while True:
+            sentinels = {process.sentinel: worker_id for worker_id, process in enumerate(self._processes)}
+            ready = wait([self._reports.reader, *sentinels], timeout=_WAIT_SECONDS)
+            if self._reports.reader in ready:
+                # Read reports first: a worker that caught an exception sent it before it exited.
+                message = self._reports.reader.recv()
+                if isinstance(message, _Failure):
+                    raise WorkerError(message.worker_id, "raised an exception", message.traceback)
+                return message
+            for sentinel in ready:
+                worker_id = sentinels[sentinel]
+                exitcode = self._processes[worker_id].exitcode
+                raise WorkerError(worker_id, f"died unexpectedly ({_describe_exit(exitcode)})")
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            pass
+    return f"exit code {exitcode}"

@@ -1,0 +1,253 @@
+"""What each worker builds for its environments, and how VecNormalize statistics travel.
+
+The learner keeps the env the user passed (``model.get_env()``), but never steps it: it is the
+source of the spaces, of the VecNormalize statistics that callbacks and ``save`` see, and of the
+recipe the workers follow. Each worker builds ``envs_per_worker`` envs of its own:
+
+=====================================  ======================================================
+``env`` given to the algorithm          what each worker builds
+=====================================  ======================================================
+an env id (``"CartPole-v1"``)           ``make_vec_env(env_id, n_envs=envs_per_worker)``
+a callable returning a ``gym.Env``      ``make_vec_env(callable, n_envs=envs_per_worker)``;
+                                        the callable travels with cloudpickle
+a ``VecEnv`` (e.g. ``VecNormalize``)    its sub-envs are re-made from their gymnasium spec,
+                                        then its VecEnv wrappers (VecNormalize, VecFrameStack,
+                                        VecTransposeImage, VecMonitor) are re-applied in order
+=====================================  ======================================================
+
+Every worker's envs are wrapped in ``Monitor`` (for episode statistics) and seeded with
+``seed + worker_id * envs_per_worker + i`` when a seed is given.
+"""
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import cloudpickle
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+from stable_baselines3.common.vec_env import (
+    VecEnv,
+    VecEnvWrapper,
+    VecFrameStack,
+    VecMonitor,
+    VecNormalize,
+    VecTransposeImage,
+)
+
+ObsStatistics = RunningMeanStd | dict[str, RunningMeanStd]
+
+_HOW_TO_FIX = (
+    "Pass `env` as an env id (e.g. 'CartPole-v1') or as a picklable callable that returns a gym.Env, "
+    "or build the VecEnv with make_vec_env(env_id) and wrap it only in VecNormalize, VecFrameStack, "
+    "VecTransposeImage or VecMonitor."
+)
+
+
+class EnvRebuildError(ValueError):
+    """The workers cannot build an env like the one given to the algorithm."""
+
+
+@dataclass
+class NormalizationStatistics:
+    """The part of a VecNormalize that changes while training: observation and return statistics."""
+
+    obs_rms: ObsStatistics | None
+    ret_rms: RunningMeanStd | None
+
+    @classmethod
+    def of(cls, vec_normalize: VecNormalize) -> "NormalizationStatistics":
+        return cls(obs_rms=_copy_statistics(vec_normalize.obs_rms), ret_rms=vec_normalize.ret_rms.copy())
+
+    def merge_into(self, vec_normalize: VecNormalize) -> None:
+        """Fold these statistics (a worker's new observations) into ``vec_normalize``'s."""
+        if vec_normalize.norm_obs and self.obs_rms is not None:
+            if isinstance(self.obs_rms, dict):
+                for key, statistics in self.obs_rms.items():
+                    vec_normalize.obs_rms[key].combine(statistics)  # type: ignore[index]
+            else:
+                vec_normalize.obs_rms.combine(self.obs_rms)  # type: ignore[union-attr]
+        if vec_normalize.norm_reward and self.ret_rms is not None:
+            vec_normalize.ret_rms.combine(self.ret_rms)
+
+
+def _copy_statistics(statistics: ObsStatistics) -> ObsStatistics:
+    if isinstance(statistics, dict):
+        return {key: value.copy() for key, value in statistics.items()}
+    return statistics.copy()
+
+
+def _fresh_statistics_like(statistics: ObsStatistics) -> ObsStatistics:
+    # Start from (almost) zero count, so that what is merged is only what this worker saw.
+    if isinstance(statistics, dict):
+        return {key: RunningMeanStd(shape=value.mean.shape) for key, value in statistics.items()}
+    return RunningMeanStd(shape=statistics.mean.shape)
+
+
+class WorkerVecNormalize(VecNormalize):
+    """
+    A worker's VecNormalize: it normalizes with the learner's statistics (refreshed before every
+    segment) and records what it sees into fresh statistics, which the learner merges into its own.
+    Merging new moments, not copying a worker's whole statistics, is what keeps every observation
+    counted exactly once across workers.
+    """
+
+    def __init__(self, venv: VecEnv, settings: dict[str, Any], learner_statistics: NormalizationStatistics):
+        super().__init__(venv, training=False, **settings)
+        self.load_learner_statistics(learner_statistics)
+        self._returns_seen = np.zeros(self.num_envs)
+        self._start_new_record()
+
+    def load_learner_statistics(self, statistics: NormalizationStatistics) -> None:
+        if statistics.obs_rms is not None:
+            self.obs_rms = statistics.obs_rms
+        if statistics.ret_rms is not None:
+            self.ret_rms = statistics.ret_rms
+
+    def _start_new_record(self) -> None:
+        self._new_obs_rms = _fresh_statistics_like(self.obs_rms)
+        self._new_ret_rms = RunningMeanStd(shape=())
+
+    def pop_new_statistics(self) -> NormalizationStatistics:
+        """The statistics of what this worker saw since the previous call."""
+        new = NormalizationStatistics(
+            obs_rms=self._new_obs_rms if self.norm_obs else None,
+            ret_rms=self._new_ret_rms if self.norm_reward else None,
+        )
+        self._start_new_record()
+        return new
+
+    def _record_observations(self, raw_obs: Any) -> None:
+        if not self.norm_obs:
+            return
+        if isinstance(self._new_obs_rms, dict):
+            for key in self._new_obs_rms:
+                self._new_obs_rms[key].update(raw_obs[key])
+        else:
+            self._new_obs_rms.update(raw_obs)
+
+    def step_wait(self):
+        obs, rewards, dones, infos = super().step_wait()
+        self._record_observations(self.old_obs)
+        if self.norm_reward:
+            # The same discounted-return recursion as VecNormalize._update_reward.
+            self._returns_seen = self._returns_seen * self.gamma + self.old_reward
+            self._new_ret_rms.update(self._returns_seen)
+            self._returns_seen[dones] = 0.0
+        return obs, rewards, dones, infos
+
+    def reset(self):
+        obs = super().reset()
+        self._record_observations(self.old_obs)
+        self._returns_seen = np.zeros(self.num_envs)
+        return obs
+
+
+@dataclass
+class _WrapperLayer:
+    wrapper_class: type[VecEnvWrapper]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _normalize_settings(vec_normalize: VecNormalize) -> dict[str, Any]:
+    return dict(
+        norm_obs=vec_normalize.norm_obs,
+        norm_reward=vec_normalize.norm_reward,
+        clip_obs=vec_normalize.clip_obs,
+        clip_reward=vec_normalize.clip_reward,
+        gamma=vec_normalize.gamma,
+        epsilon=vec_normalize.epsilon,
+        norm_obs_keys=vec_normalize.norm_obs_keys,
+    )
+
+
+def _wrapper_layers(venv: VecEnv) -> tuple[list[_WrapperLayer], VecEnv]:
+    """The VecEnv wrappers around ``venv``, innermost first, and the VecEnv they wrap."""
+    layers: list[_WrapperLayer] = []
+    while isinstance(venv, VecEnvWrapper):
+        if isinstance(venv, VecNormalize):
+            layers.append(_WrapperLayer(VecNormalize, _normalize_settings(venv)))
+        elif isinstance(venv, VecFrameStack):
+            layers.append(_WrapperLayer(VecFrameStack, dict(n_stack=venv.n_stack, channels_order=venv.channels_order)))
+        elif isinstance(venv, VecTransposeImage):
+            layers.append(_WrapperLayer(VecTransposeImage, dict(skip=venv.skip)))
+        elif isinstance(venv, VecMonitor):
+            layers.append(_WrapperLayer(VecMonitor))
+        else:
+            raise EnvRebuildError(f"the workers cannot rebuild the VecEnv wrapper {type(venv).__name__}. {_HOW_TO_FIX}")
+        venv = venv.venv
+    layers.reverse()
+    return layers, venv
+
+
+def _env_factory_from_spec(spec: gym.envs.registration.EnvSpec | None) -> Callable[[], gym.Env]:
+    if spec is None:
+        raise EnvRebuildError(f"its sub-envs have no gymnasium spec to re-make them from. {_HOW_TO_FIX}")
+    # Monitor is not recorded with its arguments; the workers add their own.
+    wrappers = tuple(w for w in spec.additional_wrappers if w.name != "Monitor")
+    for wrapper in wrappers:
+        if wrapper.kwargs is None:
+            raise EnvRebuildError(
+                f"its sub-envs are wrapped in {wrapper.name}, which gymnasium cannot re-create "
+                f"(it does not record its constructor arguments). {_HOW_TO_FIX}"
+            )
+    return functools.partial(gym.make, replace(spec, additional_wrappers=wrappers))
+
+
+@dataclass
+class WorkerEnvFactory:
+    """
+    Picklable recipe for a worker's envs. Build it in the learner with :meth:`from_user_env`;
+    each worker calls :meth:`build`.
+    """
+
+    base_env: str | bytes  # an env id, or a cloudpickled callable returning a gym.Env
+    envs_per_worker: int
+    layers: list[_WrapperLayer]
+    seed: int | None = None
+
+    @classmethod
+    def from_user_env(
+        cls, user_env: Any, learner_env: VecEnv, envs_per_worker: int, seed: int | None = None
+    ) -> "WorkerEnvFactory":
+        """
+        :param user_env: the ``env`` argument the user gave (id, callable, gym.Env or VecEnv)
+        :param learner_env: the learner's VecEnv, after SB3's own wrapping (it fixes the wrapper layers)
+        """
+        layers, innermost = _wrapper_layers(learner_env)
+        if isinstance(user_env, str):
+            base_env: str | bytes = user_env
+        elif callable(user_env) and not isinstance(user_env, (gym.Env, VecEnv)):
+            base_env = dumps_for_workers(user_env, what="the env factory")
+        else:
+            specs = innermost.get_attr("spec")
+            base_env = dumps_for_workers(_env_factory_from_spec(specs[0]), what="the env factory")
+        return cls(base_env=base_env, envs_per_worker=envs_per_worker, layers=layers, seed=seed)
+
+    def build(self, worker_id: int, normalization: NormalizationStatistics | None = None) -> VecEnv:
+        env_id = self.base_env if isinstance(self.base_env, str) else cloudpickle.loads(self.base_env)
+        seed = None if self.seed is None else self.seed + worker_id * self.envs_per_worker
+        venv: VecEnv = make_vec_env(env_id, n_envs=self.envs_per_worker, seed=seed)
+        for layer in self.layers:
+            if layer.wrapper_class is VecNormalize:
+                assert normalization is not None, "a VecNormalize layer needs the learner's statistics"
+                venv = WorkerVecNormalize(venv, layer.kwargs, normalization)
+            else:
+                venv = layer.wrapper_class(venv, **layer.kwargs)  # type: ignore[call-arg]
+        # The same automatic wrapping (VecTransposeImage for channel-last images) as the learner got.
+        return BaseAlgorithm._wrap_env(venv)
+
+
+def dumps_for_workers(obj: Any, what: str) -> bytes:
+    """cloudpickle ``obj`` for the worker processes, or say plainly why it cannot go there."""
+    try:
+        return cloudpickle.dumps(obj)
+    except Exception as error:
+        raise ValueError(
+            f"{what} cannot be pickled to the worker processes ({type(error).__name__}: {error}). "
+            "Use objects that can be pickled, e.g. a module-level function or functools.partial."
+        ) from error

@@ -1,0 +1,45 @@
+import os
+import time
+from multiprocessing import forkserver
+
+import pytest
+
+
+def forkserver_children() -> list[int]:
+    """Pids of live processes started by this test process's forkserver: our workers."""
+    server_pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if server_pid is None:
+        return []
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # it exited while we looked
+            continue
+        state, parent = fields[0], int(fields[1])
+        if parent == server_pid and state != "Z":
+            children.append(int(entry))
+    return children
+
+
+def shm_segments() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def wait_until_no_workers(timeout: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := forkserver_children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@pytest.fixture
+def no_leaks():
+    """Fails the test if a worker process or a /dev/shm segment outlives it."""
+    before = shm_segments()
+    yield
+    assert wait_until_no_workers() == [], "worker processes left behind"
+    assert shm_segments() - before == set(), "shared-memory segments left behind"

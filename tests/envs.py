@@ -1,0 +1,47 @@
+"""Small envs for the tests. Module-level, so that the worker processes can import them."""
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class RaisingEnv(gym.Wrapper):
+    """CartPole that raises after ``fail_after`` steps."""
+
+    def __init__(self, fail_after: int = 50):
+        super().__init__(gym.make("CartPole-v1"))
+        self.fail_after = fail_after
+        self.n_steps = 0
+
+    def step(self, action):
+        self.n_steps += 1
+        if self.n_steps > self.fail_after:
+            raise RuntimeError("the env broke on purpose")
+        return self.env.step(action)
+
+
+class NaNRewardEnv(gym.Wrapper):
+    """CartPole whose reward is NaN once, at step ``nan_at``."""
+
+    def __init__(self, nan_at: int = 30):
+        super().__init__(gym.make("CartPole-v1"))
+        self.nan_at = nan_at
+        self.n_steps = 0
+
+    def step(self, action):
+        self.n_steps += 1
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.n_steps == self.nan_at:
+            reward = float("nan")
+        return obs, reward, terminated, truncated, info
+
+
+class TupleActionEnv(gym.Env):
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Tuple((spaces.Discrete(2), spaces.Discrete(2)))
+
+    def reset(self, seed=None, options=None):
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}

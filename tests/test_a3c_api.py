@@ -1,0 +1,257 @@
+import functools
+import threading
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import (
+    BaseCallback,
+    CheckpointCallback,
+    EvalCallback,
+    StopTrainingOnRewardThreshold,
+)
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import (
+    FakeImageEnv,
+    IdentityEnv,
+    IdentityEnvBox,
+    IdentityEnvMultiBinary,
+    IdentityEnvMultiDiscrete,
+    SimpleMultiObsEnv,
+)
+from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
+
+from sb3_async import A3C
+from tests.conftest import forkserver_children
+from tests.envs import TupleActionEnv
+
+FAST = dict(n_workers=2, n_steps=5, seed=0, device="cpu")
+
+
+class RecordingOutput(KVWriter):
+    """Keeps every logger dump in memory."""
+
+    def __init__(self) -> None:
+        self.dumps: list[dict] = []
+
+    def write(self, key_values, key_excluded, step=0):
+        self.dumps.append(dict(key_values))
+
+    def close(self):
+        pass
+
+
+class CountingCallback(BaseCallback):
+    def __init__(self, stop_after_calls: int | None = None):
+        super().__init__()
+        self.stop_after_calls = stop_after_calls
+        self.training_starts = 0
+        self.training_ends = 0
+        self.timesteps_seen: list[int] = []
+
+    def _on_training_start(self) -> None:
+        self.training_starts += 1
+
+    def _on_training_end(self) -> None:
+        self.training_ends += 1
+
+    def _on_step(self) -> bool:
+        self.timesteps_seen.append(self.num_timesteps)
+        return self.stop_after_calls is None or self.n_calls < self.stop_after_calls
+
+
+@pytest.mark.parametrize(
+    "env, policy",
+    [
+        ("CartPole-v1", "MlpPolicy"),  # Discrete
+        ("Pendulum-v1", "MlpPolicy"),  # Box
+        (functools.partial(IdentityEnvMultiDiscrete, dim=2), "MlpPolicy"),
+        (functools.partial(IdentityEnvMultiBinary, dim=3), "MlpPolicy"),
+        (lambda: IdentityEnvBox(eps=0.5), "MlpPolicy"),
+        (lambda: FakeImageEnv(screen_height=36, screen_width=36, n_channels=1), "CnnPolicy"),
+        (SimpleMultiObsEnv, "MultiInputPolicy"),
+    ],
+    ids=["discrete", "box", "multidiscrete", "multibinary", "box-lambda", "cnn-image", "dict-obs"],
+)
+def test_spaces_and_policies(env, policy, no_leaks):
+    model = A3C(policy, env, **FAST).learn(200)
+    assert model.num_timesteps >= 200
+    obs = model.get_env().reset()
+    actions, _ = model.predict(obs, deterministic=True)
+    assert model.action_space.contains(actions[0])
+
+
+def test_learner_counts_match_workers(no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", n_workers=2, envs_per_worker=3, n_steps=4, seed=0, device="cpu")
+    callback = CountingCallback()
+    model.learn(600, callback=callback)
+    assert model.n_envs == 6
+    assert callback.training_starts == 1 and callback.training_ends == 1
+    # One on_step per n_envs timesteps, as SB3 does once per VecEnv.step() of n_envs envs.
+    assert callback.timesteps_seen == list(range(6, model.num_timesteps + 1, 6))
+    assert model.num_timesteps >= 600
+    assert model._n_updates >= 600 // (3 * 4)
+
+
+def test_callback_returning_false_stops_every_worker(no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+    callback = CountingCallback(stop_after_calls=10)
+    model.learn(1_000_000, callback=callback)
+    assert callback.n_calls == 10
+    assert model.num_timesteps == 10 * model.n_envs
+    assert callback.training_ends == 1
+
+
+def test_sb3_callbacks_and_progress_bar(tmp_path, no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+    eval_callback = EvalCallback(
+        make_vec_env("CartPole-v1", n_envs=1),
+        eval_freq=200,
+        n_eval_episodes=2,
+        # Any score stops training at the first evaluation.
+        callback_on_new_best=StopTrainingOnRewardThreshold(reward_threshold=-1.0),
+        log_path=str(tmp_path / "eval"),
+    )
+    checkpoint = CheckpointCallback(save_freq=100, save_path=str(tmp_path / "checkpoints"), name_prefix="a3c")
+    model.learn(100_000, callback=[checkpoint, eval_callback], progress_bar=True)
+    # Stopped by the reward threshold at the first evaluation (200 calls of 2 envs).
+    assert model.num_timesteps == 200 * model.n_envs
+    assert len(eval_callback.evaluations_results) == 1
+    checkpoints = sorted((tmp_path / "checkpoints").glob("a3c_*_steps.zip"))
+    assert len(checkpoints) == 2
+    A3C.load(checkpoints[-1])
+
+
+def test_logger_keys(no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+    output = RecordingOutput()
+    model.set_logger(Logger(folder=None, output_formats=[output]))
+    model.learn(2_000, log_interval=20)
+    assert output.dumps, "nothing was logged"
+    logged = output.dumps[-1]
+    for key in (
+        "rollout/ep_rew_mean",
+        "time/fps",
+        "train/policy_loss",
+        "train/value_loss",
+        "train/entropy_loss",
+        "train/learning_rate",
+        "async/staleness_mean",
+        "async/staleness_max",
+        "async/updates_per_s",
+        "async/learner_idle_fraction",
+        "async/dropped_updates",
+    ):
+        assert key in logged, key
+    assert 0.0 <= logged["async/learner_idle_fraction"] <= 1.0
+    assert logged["async/staleness_max"] >= logged["async/staleness_mean"] >= 0
+    assert logged["async/dropped_updates"] == 0
+
+
+def test_continue_learning(no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+    model.learn(300)
+    first = model.num_timesteps
+    model.learn(300, reset_num_timesteps=False)
+    assert model.num_timesteps >= first + 300
+    model.learn(300)
+    assert 300 <= model.num_timesteps < first + 300
+
+
+def test_learning_rate_schedule_reaches_the_learner_optimizer(no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", learning_rate=lambda progress: 1e-3 * progress, **FAST)
+    model.learn(1_000)
+    lr = model.policy.optimizer.param_groups[0]["lr"]
+    assert 0 < lr < 1e-3 * 0.1  # annealed towards 0 by the end of training
+
+
+def test_save_load_round_trip(tmp_path, no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", n_workers=4, seed=0, device="cpu").learn(500)
+    obs = np.stack([model.observation_space.sample() for _ in range(16)])
+    expected, _ = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "a3c")
+
+    loaded = A3C.load(tmp_path / "a3c", device="cpu")
+    actions, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(actions, expected)
+    for saved, restored in zip(model.policy.parameters(), loaded.policy.parameters()):
+        th.testing.assert_close(saved, restored)
+    # The RMSprop statistics travel too.
+    assert loaded.policy.optimizer.state_dict()["state"].keys() == model.policy.optimizer.state_dict()["state"].keys()
+
+    # Saved with 4 workers, trains with 2.
+    loaded = A3C.load(tmp_path / "a3c", env=make_vec_env("CartPole-v1"), n_workers=2, device="cpu")
+    assert loaded.n_workers == 2
+    loaded.learn(300, reset_num_timesteps=False)
+    assert loaded.num_timesteps >= 800
+
+
+def test_vec_normalize_statistics_are_merged_into_the_learner(tmp_path, no_leaks):
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=0.99)
+    model = A3C("MlpPolicy", env, n_workers=2, envs_per_worker=2, seed=0, device="cpu")
+    model.learn(2_000)
+    learner_stats = model.get_vec_normalize_env()
+    assert learner_stats is env
+    # Every env step of every worker is counted once (plus the resets and the learner's own reset).
+    assert model.num_timesteps <= learner_stats.obs_rms.count <= model.num_timesteps + 4 * 10 + 10
+    assert learner_stats.ret_rms.count >= model.num_timesteps
+    # Pendulum observations are (cos, sin, angular velocity): the cos/sin variances are at most 1.
+    assert np.all(learner_stats.obs_rms.var[:2] <= 1.0) and learner_stats.obs_rms.var[2] > 0.1
+
+    env.save(str(tmp_path / "vecnormalize.pkl"))
+    restored = VecNormalize.load(str(tmp_path / "vecnormalize.pkl"), make_vec_env("Pendulum-v1"))
+    np.testing.assert_allclose(restored.obs_rms.mean, learner_stats.obs_rms.mean)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_workers=0), "n_workers"),
+        (dict(n_steps=0), "n_steps"),
+        (dict(envs_per_worker=0), "envs_per_worker"),
+        (dict(env="NoSuchEnv-v0"), "unknown env id"),
+        (dict(env=TupleActionEnv), "action space"),
+    ],
+)
+def test_bad_arguments_raise_before_any_process_starts(kwargs, message):
+    arguments = dict(policy="MlpPolicy", env="CartPole-v1", device="cpu") | kwargs
+    policy, env = arguments.pop("policy"), arguments.pop("env")
+    workers_before = forkserver_children()
+    with pytest.raises(ValueError, match=message):
+        A3C(policy, env, **arguments).learn(100)
+    assert forkserver_children() == workers_before
+
+
+def test_unpicklable_env_factory_names_the_fix():
+    lock = threading.Lock()
+
+    def make_env():
+        with lock:
+            return gym.make("CartPole-v1")
+
+    with pytest.raises(ValueError, match="cannot be pickled.*module-level function"):
+        A3C("MlpPolicy", make_env, device="cpu")
+
+
+def test_vec_env_the_workers_cannot_rebuild_names_the_fix():
+    class CustomWrapper(VecEnvWrapper):
+        def reset(self):
+            return self.venv.reset()
+
+        def step_wait(self):
+            return self.venv.step_wait()
+
+    with pytest.raises(ValueError, match="CustomWrapper.*Pass `env` as an env id"):
+        A3C("MlpPolicy", CustomWrapper(make_vec_env("CartPole-v1")), device="cpu")
+
+
+def test_identity_env_learns_a_little(no_leaks):
+    # A cheap end-to-end check that gradients from workers improve the learner's policy.
+    model = A3C("MlpPolicy", lambda: IdentityEnv(dim=4, ep_length=10), ent_coef=0.01, **FAST)
+    obs = np.arange(4)
+    model.learn(6_000)
+    actions, _ = model.predict(obs, deterministic=True)
+    assert (actions == obs).mean() >= 0.75
