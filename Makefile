@@ -1,0 +1,32 @@
+# Each target installs what it needs into its own virtual environment.
+# torch is pinned here (a local CPU build on this project's machines); setup.py keeps torch>=2.3.
+PYTHON ?= python3
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test bench clean
+
+.venv-demo/.done: setup.py
+	$(PYTHON) -m venv .venv-demo
+	.venv-demo/bin/pip install -q --upgrade pip
+	.venv-demo/bin/pip install -q "$(TORCH_PIN)"
+	.venv-demo/bin/pip install -q -e .
+	touch $@
+
+.venv-test/.done: setup.py
+	$(PYTHON) -m venv .venv-test
+	.venv-test/bin/pip install -q --upgrade pip
+	.venv-test/bin/pip install -q "$(TORCH_PIN)"
+	.venv-test/bin/pip install -q -e ".[tests]"
+	touch $@
+
+demo: .venv-demo/.done
+	.venv-demo/bin/python -m sb3_async.demo
+
+test: .venv-test/.done
+	.venv-test/bin/python -m pytest -q --durations=10
+
+bench: .venv-test/.done
+	cd benchmarks && ../.venv-test/bin/python throughput.py && ../.venv-test/bin/python time_to_solve.py
+
+clean:
+	rm -rf .venv-demo .venv-test

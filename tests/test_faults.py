@@ -1,0 +1,157 @@
+"""A worker that dies, an env that raises, a NaN gradient, a failing callback, Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_async import A3C, WorkerError
+from tests.conftest import forkserver_children
+from tests.envs import NaNRewardEnv, RaisingEnv
+
+FAST = dict(n_workers=2, n_steps=5, seed=0, device="cpu")
+
+
+class KillAWorker(BaseCallback):
+    def __init__(self, at_call: int):
+        super().__init__()
+        self.at_call = at_call
+        self.killed: int | None = None
+
+    def _on_step(self) -> bool:
+        if self.n_calls == self.at_call:
+            self.killed = forkserver_children()[0]
+            os.kill(self.killed, signal.SIGKILL)
+        return True
+
+
+class RaiseInCallback(BaseCallback):
+    def _on_step(self) -> bool:
+        if self.n_calls == 20:
+            raise KeyError("callback failed on purpose")
+        return True
+
+
+def test_sigkill_of_a_worker_is_reported_and_everything_stops(no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+    killer = KillAWorker(at_call=50)
+    started = time.monotonic()
+    with pytest.raises(WorkerError, match=r"worker \d died unexpectedly \(killed by SIGKILL\)") as error:
+        model.learn(1_000_000, callback=killer)
+    assert time.monotonic() - started < 10  # noticed within a second of the kill, not at the end
+    assert error.value.worker_id in (0, 1)
+
+
+def test_env_that_raises_is_reported_with_the_workers_traceback(no_leaks):
+    model = A3C("MlpPolicy", lambda: RaisingEnv(fail_after=30), **FAST)
+    with pytest.raises(WorkerError, match="raised an exception") as error:
+        model.learn(100_000)
+    assert "RuntimeError: the env broke on purpose" in str(error.value)
+    assert "tests/envs.py" in error.value.worker_traceback
+
+
+def test_exception_in_a_callback_stops_every_worker(no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+    with pytest.raises(KeyError, match="callback failed on purpose"):
+        model.learn(100_000, callback=RaiseInCallback())
+
+
+def test_non_finite_gradient_is_dropped_and_counted(no_leaks):
+    model = A3C("MlpPolicy", lambda: NaNRewardEnv(nan_at=30), **FAST)
+    model.learn(500)
+    assert model.dropped_updates == 2  # one NaN reward in each worker's env
+    for param in model.policy.parameters():
+        assert th.isfinite(param).all()
+    assert model._n_updates == pytest.approx(model.num_timesteps / 5 - 2, abs=2)
+
+
+def _process_group_members(group: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+def test_ctrl_c_stops_every_worker_and_leaves_nothing_behind(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from stable_baselines3.common.callbacks import BaseCallback
+            from sb3_async import A3C
+
+            class Announce(BaseCallback):
+                def _on_training_start(self):
+                    print("training", flush=True)
+                def _on_step(self):
+                    return True
+
+            if __name__ == "__main__":
+                try:
+                    A3C("MlpPolicy", "CartPole-v1", n_workers=2, device="cpu").learn(10_000_000, callback=Announce())
+                except KeyboardInterrupt:
+                    print("interrupted", flush=True)
+                    sys.exit(3)
+            """
+        )
+    )
+    shm_before = set(os.listdir("/dev/shm"))
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True, cwd=os.getcwd()
+    )
+    try:
+        assert process.stdout.readline().strip() == "training"
+        time.sleep(1.0)  # let the workers get going
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+        assert process.wait(timeout=15) == 3
+        assert process.stdout.read().strip() == "interrupted"
+        deadline = time.monotonic() + 5
+        while _process_group_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _process_group_members(process.pid) == []
+        assert set(os.listdir("/dev/shm")) - shm_before == set()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_workers_exit_if_the_learner_is_killed(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from sb3_async import A3C
+            if __name__ == "__main__":
+                print("start", flush=True)
+                A3C("MlpPolicy", "CartPole-v1", n_workers=2, device="cpu").learn(10_000_000)
+            """
+        )
+    )
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "start"
+        time.sleep(4.0)
+        assert len(_process_group_members(process.pid)) >= 3  # learner, forkserver, workers
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 10
+        while _process_group_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _process_group_members(process.pid) == []
+    finally:
+        os.killpg(process.pid, signal.SIGKILL) if _process_group_members(process.pid) else None
