@@ -153,7 +153,9 @@ def test_logger_keys(no_leaks):
 
 def test_continue_learning(no_leaks):
     model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+    threads = th.get_num_threads()
     model.learn(300)
+    assert th.get_num_threads() == threads  # the learner's one thread is only for the duration of learn()
     first = model.num_timesteps
     model.learn(300, reset_num_timesteps=False)
     assert model.num_timesteps >= first + 300

@@ -163,6 +163,9 @@ class AsyncAlgorithmMixin:
         callback.on_training_start(locals(), globals())
         window = _LogWindow()
         iteration = 0
+        # The learner's ops are tiny; idle intra-op threads would only spin on the workers' cores.
+        user_threads = th.get_num_threads()
+        th.set_num_threads(1)
         try:
             collector.start()
             while self.num_timesteps < total_timesteps:
@@ -181,6 +184,7 @@ class AsyncAlgorithmMixin:
                         window = _LogWindow(idle_seconds_at_start=collector.idle_seconds)
         finally:
             collector.close()
+            th.set_num_threads(user_threads)
         callback.on_training_end()
         return self
 
