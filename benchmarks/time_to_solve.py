@@ -22,10 +22,11 @@ THRESHOLD = 475.0
 
 
 class StopWhenSolved(BaseCallback):
-    """Stops training once the last 100 training episodes average >= THRESHOLD."""
+    """Stops training once the last 100 training episodes average >= ``threshold``."""
 
-    def __init__(self) -> None:
+    def __init__(self, threshold: float = THRESHOLD) -> None:
         super().__init__()
+        self.threshold = threshold
         self.started = 0.0
         self.solved_at: tuple[int, float] | None = None
 
@@ -34,7 +35,7 @@ class StopWhenSolved(BaseCallback):
 
     def _on_step(self) -> bool:
         episodes = self.model.ep_info_buffer
-        if len(episodes) == episodes.maxlen and np.mean([episode["r"] for episode in episodes]) >= THRESHOLD:
+        if len(episodes) == episodes.maxlen and np.mean([episode["r"] for episode in episodes]) >= self.threshold:
             self.solved_at = (self.num_timesteps, time.perf_counter() - self.started)
             return False
         return True

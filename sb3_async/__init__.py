@@ -2,7 +2,8 @@
 
 from sb3_async.a3c import A3C
 from sb3_async.common.collector import WorkerError
+from sb3_async.offpac import OffPolicyAC
 
 __version__ = "0.1.0"
 
-__all__ = ["A3C", "WorkerError", "__version__"]
+__all__ = ["A3C", "OffPolicyAC", "WorkerError", "__version__"]

@@ -3,6 +3,8 @@ import time
 from multiprocessing import forkserver
 
 import pytest
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import KVWriter
 
 
 def forkserver_children() -> list[int]:
@@ -43,3 +45,35 @@ def no_leaks():
     yield
     assert wait_until_no_workers() == [], "worker processes left behind"
     assert shm_segments() - before == set(), "shared-memory segments left behind"
+
+
+class RecordingOutput(KVWriter):
+    """Keeps every logger dump in memory."""
+
+    def __init__(self) -> None:
+        self.dumps: list[dict] = []
+
+    def write(self, key_values, key_excluded, step=0):
+        self.dumps.append(dict(key_values))
+
+    def close(self):
+        pass
+
+
+class CountingCallback(BaseCallback):
+    def __init__(self, stop_after_calls: int | None = None):
+        super().__init__()
+        self.stop_after_calls = stop_after_calls
+        self.training_starts = 0
+        self.training_ends = 0
+        self.timesteps_seen: list[int] = []
+
+    def _on_training_start(self) -> None:
+        self.training_starts += 1
+
+    def _on_training_end(self) -> None:
+        self.training_ends += 1
+
+    def _on_step(self) -> bool:
+        self.timesteps_seen.append(self.num_timesteps)
+        return self.stop_after_calls is None or self.n_calls < self.stop_after_calls

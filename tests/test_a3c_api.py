@@ -7,7 +7,6 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.callbacks import (
-    BaseCallback,
     CheckpointCallback,
     EvalCallback,
     StopTrainingOnRewardThreshold,
@@ -21,46 +20,14 @@ from stable_baselines3.common.envs import (
     IdentityEnvMultiDiscrete,
     SimpleMultiObsEnv,
 )
-from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
 
 from sb3_async import A3C
-from tests.conftest import forkserver_children
+from tests.conftest import CountingCallback, RecordingOutput, forkserver_children
 from tests.envs import TupleActionEnv
 
 FAST = dict(n_workers=2, n_steps=5, seed=0, device="cpu")
-
-
-class RecordingOutput(KVWriter):
-    """Keeps every logger dump in memory."""
-
-    def __init__(self) -> None:
-        self.dumps: list[dict] = []
-
-    def write(self, key_values, key_excluded, step=0):
-        self.dumps.append(dict(key_values))
-
-    def close(self):
-        pass
-
-
-class CountingCallback(BaseCallback):
-    def __init__(self, stop_after_calls: int | None = None):
-        super().__init__()
-        self.stop_after_calls = stop_after_calls
-        self.training_starts = 0
-        self.training_ends = 0
-        self.timesteps_seen: list[int] = []
-
-    def _on_training_start(self) -> None:
-        self.training_starts += 1
-
-    def _on_training_end(self) -> None:
-        self.training_ends += 1
-
-    def _on_step(self) -> bool:
-        self.timesteps_seen.append(self.num_timesteps)
-        return self.stop_after_calls is None or self.n_calls < self.stop_after_calls
 
 
 @pytest.mark.parametrize(

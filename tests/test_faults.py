@@ -1,5 +1,6 @@
 """A worker that dies, an env that raises, a NaN gradient, a failing callback, Ctrl-C."""
 
+import functools
 import os
 import signal
 import subprocess
@@ -11,11 +12,16 @@ import pytest
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_async import A3C, WorkerError
+from sb3_async import A3C, OffPolicyAC, WorkerError
 from tests.conftest import forkserver_children
 from tests.envs import NaNRewardEnv, RaisingEnv
 
 FAST = dict(n_workers=2, n_steps=5, seed=0, device="cpu")
+ALGORITHMS = {
+    "a3c": functools.partial(A3C, "MlpPolicy", **FAST),
+    "offpac": functools.partial(OffPolicyAC, "MlpPolicy", learning_starts=20, batch_size=10, **FAST),
+}
+both_algorithms = pytest.mark.parametrize("make_model", ALGORITHMS.values(), ids=ALGORITHMS.keys())
 
 
 class KillAWorker(BaseCallback):
@@ -38,8 +44,9 @@ class RaiseInCallback(BaseCallback):
         return True
 
 
-def test_sigkill_of_a_worker_is_reported_and_everything_stops(no_leaks):
-    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+@both_algorithms
+def test_sigkill_of_a_worker_is_reported_and_everything_stops(make_model, no_leaks):
+    model = make_model("CartPole-v1")
     killer = KillAWorker(at_call=50)
     started = time.monotonic()
     with pytest.raises(WorkerError, match=r"worker \d died unexpectedly \(killed by SIGKILL\)") as error:
@@ -48,27 +55,35 @@ def test_sigkill_of_a_worker_is_reported_and_everything_stops(no_leaks):
     assert error.value.worker_id in (0, 1)
 
 
-def test_env_that_raises_is_reported_with_the_workers_traceback(no_leaks):
-    model = A3C("MlpPolicy", lambda: RaisingEnv(fail_after=30), **FAST)
+@both_algorithms
+def test_env_that_raises_is_reported_with_the_workers_traceback(make_model, no_leaks):
+    model = make_model(lambda: RaisingEnv(fail_after=30))
     with pytest.raises(WorkerError, match="raised an exception") as error:
         model.learn(100_000)
     assert "RuntimeError: the env broke on purpose" in str(error.value)
     assert "tests/envs.py" in error.value.worker_traceback
 
 
-def test_exception_in_a_callback_stops_every_worker(no_leaks):
-    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+@both_algorithms
+def test_exception_in_a_callback_stops_every_worker(make_model, no_leaks):
+    model = make_model("CartPole-v1")
     with pytest.raises(KeyError, match="callback failed on purpose"):
         model.learn(100_000, callback=RaiseInCallback())
 
 
-def test_non_finite_gradient_is_dropped_and_counted(no_leaks):
-    model = A3C("MlpPolicy", lambda: NaNRewardEnv(nan_at=30), **FAST)
+@both_algorithms
+def test_non_finite_gradient_is_dropped_and_counted(make_model, no_leaks):
+    model = make_model(lambda: NaNRewardEnv(nan_at=30))
     model.learn(500)
-    assert model.dropped_updates == 2  # one NaN reward in each worker's env
+    # One NaN reward in each worker's env; OffPolicyAC does not keep that segment for replay.
+    assert model.dropped_updates == 2
     for param in model.policy.parameters():
         assert th.isfinite(param).all()
-    assert model._n_updates == pytest.approx(model.num_timesteps / 5 - 2, abs=2)
+    fresh_updates = model.num_timesteps / 5 - 2
+    if isinstance(model, A3C):
+        assert model._n_updates == pytest.approx(fresh_updates, abs=2)
+    else:  # plus about one replay per fresh segment, once 10 steps are stored in each worker
+        assert model._n_updates == pytest.approx(2 * fresh_updates - 4, abs=4)
 
 
 def _process_group_members(group: int) -> list[int]:

@@ -13,6 +13,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from sb3_async.common.collector import Segment, WorkerLogic
+from sb3_async.common.rollout import actions_for_env, finish_episodes
 
 
 def a3c_loss(
@@ -120,27 +121,8 @@ class A3CWorker(WorkerLogic):
             with th.no_grad():
                 actions, values, log_probs = policy(obs_as_tensor(self._last_obs, "cpu"))  # type: ignore[arg-type]
             actions = actions.numpy()
-            env_actions = actions
-            if isinstance(env.action_space, spaces.Box):
-                if policy.squash_output:
-                    env_actions = policy.unscale_action(env_actions)
-                else:
-                    env_actions = np.clip(actions, env.action_space.low, env.action_space.high)
-            new_obs, rewards, dones, infos = env.step(env_actions)
-
-            for idx, info in enumerate(infos):
-                if not dones[idx]:
-                    continue
-                if "episode" in info:
-                    episode = dict(info["episode"])
-                    if info.get("is_success") is not None:
-                        episode["is_success"] = info["is_success"]
-                    episode_infos.append(episode)
-                # A time-limit truncation is not a terminal state: bootstrap from V(s_T) (SB3 issue #633).
-                if info.get("terminal_observation") is not None and info.get("TimeLimit.truncated", False):
-                    terminal_obs = policy.obs_to_tensor(info["terminal_observation"])[0]
-                    with th.no_grad():
-                        rewards[idx] += self.gamma * policy.predict_values(terminal_obs)[0].item()
+            new_obs, rewards, dones, infos = env.step(actions_for_env(actions, env.action_space, policy))
+            episode_infos += finish_episodes(infos, dones, rewards, policy, self.gamma)
 
             if isinstance(env.action_space, spaces.Discrete):
                 actions = actions.reshape(-1, 1)

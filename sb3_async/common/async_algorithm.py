@@ -180,13 +180,17 @@ class AsyncAlgorithmMixin:
                     iteration = done_iterations
                     if log_interval is not None and iteration % log_interval == 0:
                         self._record_async_logs(window, collector)
-                        self.dump_logs(iteration)
+                        self._dump_iteration_logs(iteration)
                         window = _LogWindow(idle_seconds_at_start=collector.idle_seconds)
         finally:
             collector.close()
             th.set_num_threads(user_threads)
         callback.on_training_end()
         return self
+
+    def _dump_iteration_logs(self, iteration: int) -> None:
+        """SB3's ``dump_logs`` for the base class: on-policy algorithms take the iteration."""
+        self.dump_logs(iteration)  # type: ignore[attr-defined]
 
     def _apply_report(
         self, collector: AsyncGradientCollector, report: GradientReport, flat_params: th.Tensor, flat_gradient: th.Tensor
@@ -219,6 +223,7 @@ class AsyncAlgorithmMixin:
         for episode in report.segment.episode_infos:
             info = {"episode": {key: episode[key] for key in ("r", "l", "t")}}
             self.ep_info_buffer.append(info["episode"])
+            self._episode_num += 1
             if "is_success" in episode:
                 info["is_success"] = episode["is_success"]
                 self.ep_success_buffer.append(episode["is_success"])
@@ -241,7 +246,8 @@ class AsyncAlgorithmMixin:
     def _record_async_logs(self, window: _LogWindow, collector: AsyncGradientCollector) -> None:
         elapsed = max(time.perf_counter() - window.started_at, sys.float_info.epsilon)
         for key, values in window.stats.items():
-            self.logger.record(f"train/{key}", float(np.mean(values)))
+            # A worker's stats go under train/ unless they name their own section (e.g. "offpac/rho_mean").
+            self.logger.record(key if "/" in key else f"train/{key}", float(np.mean(values)))
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if window.staleness:
             self.logger.record("async/staleness_mean", float(np.mean(window.staleness)))
