@@ -12,7 +12,6 @@ policy that is not its own: uniform random actions, and a trained A3C expert's s
 
 import argparse
 import statistics
-import time
 
 import gymnasium as gym
 import numpy as np

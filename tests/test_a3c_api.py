@@ -5,7 +5,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from gymnasium import spaces
 from stable_baselines3.common.callbacks import (
     CheckpointCallback,
     EvalCallback,

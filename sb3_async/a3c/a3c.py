@@ -12,8 +12,6 @@ from sb3_async.common.async_algorithm import AsyncAlgorithmMixin, default_n_work
 
 SelfA3C = TypeVar("SelfA3C", bound="A3C")
 
-_SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict)
-
 
 class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
     """
@@ -132,16 +130,9 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
             )
         except AssertionError as error:  # SB3 checks the action space with an assert
             raise ValueError(str(error)) from error
-        if self.env is not None and not isinstance(self.observation_space, _SUPPORTED_OBSERVATION_SPACES):
-            raise ValueError(f"A3C does not support observation space {self.observation_space}")
+        self._check_observation_space_and_use_rms_prop(use_rms_prop, rms_prop_eps)
         self.normalize_advantage = normalize_advantage
         self.n_envs = self.n_workers * self.envs_per_worker
-
-        # Update optimizer inside the policy if we want to use RMSProp
-        # (original implementation) rather than Adam
-        if use_rms_prop and "optimizer_class" not in self.policy_kwargs:
-            self.policy_kwargs["optimizer_class"] = th.optim.RMSprop
-            self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)
 
         if self.env is not None:
             self._worker_env_factory()  # fail now, not in the workers, if they cannot build this env

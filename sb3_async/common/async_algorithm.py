@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
+from gymnasium import spaces
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
@@ -74,6 +75,19 @@ class AsyncAlgorithmMixin:
         for name, value in (("n_workers", self.n_workers), ("envs_per_worker", self.envs_per_worker), ("n_steps", n_steps)):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    def _check_observation_space_and_use_rms_prop(self, use_rms_prop: bool, rms_prop_eps: float) -> None:
+        """
+        The end of every constructor: refuse observation spaces SB3's policies cannot read, and make
+        RMSprop (the paper's optimizer, shared by all workers at the learner) the policy's optimizer
+        unless the user chose one.
+        """
+        supported = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict)
+        if self.env is not None and not isinstance(self.observation_space, supported):  # type: ignore[attr-defined]
+            raise ValueError(f"{type(self).__name__} does not support observation space {self.observation_space}")  # type: ignore[attr-defined]
+        if use_rms_prop and "optimizer_class" not in self.policy_kwargs:  # type: ignore[attr-defined]
+            self.policy_kwargs["optimizer_class"] = th.optim.RMSprop  # type: ignore[attr-defined]
+            self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)  # type: ignore[attr-defined]
 
     @staticmethod
     def _learner_env(env: Any) -> Any:

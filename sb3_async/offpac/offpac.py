@@ -18,8 +18,6 @@ from sb3_async.offpac.worker import OffPACWorker
 
 SelfOffPolicyAC = TypeVar("SelfOffPolicyAC", bound="OffPolicyAC")
 
-_SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict)
-
 
 class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
     """
@@ -150,8 +148,7 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
             )
         except AssertionError as error:  # SB3 checks the action space with an assert
             raise ValueError(str(error)) from error
-        if self.env is not None and not isinstance(self.observation_space, _SUPPORTED_OBSERVATION_SPACES):
-            raise ValueError(f"OffPolicyAC does not support observation space {self.observation_space}")
+        self._check_observation_space_and_use_rms_prop(use_rms_prop, rms_prop_eps)
         self.rho_bar = rho_bar
         self.c_bar = c_bar
         self.replay_ratio = replay_ratio
@@ -165,10 +162,6 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         if isinstance(behavior_policy, BasePolicy):
             behavior_policy = policy_copy_on_cpu(behavior_policy)
         self.behavior_policy = behavior_policy
-
-        if use_rms_prop and "optimizer_class" not in self.policy_kwargs:
-            self.policy_kwargs["optimizer_class"] = th.optim.RMSprop
-            self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)
 
         if self.env is not None:
             self._worker_env_factory()  # fail now, not in the workers, if they cannot build this env
