@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-offpac clean
 
 .venv-demo/.done: setup.py
 	$(PYTHON) -m venv .venv-demo
@@ -27,6 +27,9 @@ test: .venv-test/.done
 
 bench: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python throughput.py && ../.venv-test/bin/python time_to_solve.py
+
+bench-offpac: .venv-test/.done
+	cd benchmarks && ../.venv-test/bin/python offpac_vs_a3c.py --seeds 5 --budget 300000 --behaviour-budget 100000
 
 clean:
 	rm -rf .venv-demo .venv-test
