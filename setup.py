@@ -6,7 +6,11 @@ setup(
     description="Asynchronous actor-critic algorithms (A3C and friends) for Stable-Baselines3",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["sb3_async", "sb3_async.*"]),
+    # zoo_configs/ (rl-zoo3 config files) ships inside the package as sb3_async.zoo_configs.
+    packages=[*find_packages(include=["sb3_async", "sb3_async.*"]), "sb3_async.zoo_configs"],
+    package_dir={"sb3_async.zoo_configs": "zoo_configs"},
+    package_data={"sb3_async.zoo_configs": ["*.yml"]},
+    entry_points={"console_scripts": ["sb3-async-zoo=sb3_async.zoo.cli:main"]},
     python_requires=">=3.10",
     install_requires=[
         "stable-baselines3>=2.3",
@@ -19,10 +23,16 @@ setup(
         # SB3's progress bar
         "tqdm",
         "rich",
+        # rl-zoo3 integration (sb3_async.zoo) and tuning
+        "rl-zoo3[plots]>=2.3",
+        "optuna>=3.0",
+        "pandas",
+        "requests",  # rl-zoo3's enjoy imports it without declaring it
     ],
     extras_require={
-        "zoo": ["rl-zoo3>=2.3", "optuna", "pandas"],
-        "tests": ["pytest", "pytest-timeout"],
+        # The envs of the zoo configs beyond classic control: LunarLander (Box2D) and Atari.
+        "envs": ["gymnasium[box2d]", "ale-py", "opencv-python-headless"],
+        "tests": ["pytest", "pytest-timeout", "gymnasium[box2d]", "ale-py", "opencv-python-headless"],
         "docs": [],
     },
 )

@@ -20,9 +20,10 @@ from stable_baselines3.common.envs import (
     SimpleMultiObsEnv,
 )
 from stable_baselines3.common.logger import Logger
-from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
+from stable_baselines3.common.vec_env import VecEnvWrapper, VecFrameStack, VecNormalize
 
 from sb3_async import A3C
+from sb3_async.common.envs import make_vec_env as sb3_async_make_vec_env
 from tests.conftest import CountingCallback, RecordingOutput, forkserver_children
 from tests.envs import TupleActionEnv
 
@@ -223,3 +224,44 @@ def test_identity_env_learns_a_little(no_leaks):
     model.learn(6_000)
     actions, _ = model.predict(obs, deterministic=True)
     assert (actions == obs).mean() >= 0.75
+
+
+class ScaledReward(gym.Wrapper):
+    """A wrapper that, like SB3's AtariWrapper, does not record its arguments for gymnasium to re-create it."""
+
+    def __init__(self, env: gym.Env, scale: float):
+        super().__init__(env)
+        self.scale = scale
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward * self.scale, terminated, truncated, info
+
+
+def test_workers_build_envs_with_the_arguments_given_to_sb3_async_make_vec_env(tmp_path):
+    recorded = sb3_async_make_vec_env(
+        "CartPole-v1",
+        n_envs=2,
+        wrapper_class=ScaledReward,
+        wrapper_kwargs=dict(scale=3.0),
+        env_kwargs=dict(sutton_barto_reward=True),
+        monitor_dir=str(tmp_path),
+    )
+    env = VecFrameStack(VecNormalize(recorded, norm_reward=False), n_stack=3)
+    model = A3C("MlpPolicy", env, n_workers=2, envs_per_worker=2, device="cpu")
+    worker_env = model._worker_env_factory().build(worker_id=1, normalization=model._normalization_statistics())
+    try:
+        assert worker_env.observation_space == model.observation_space  # the 3-frame stack is re-applied
+        sub_env = worker_env.unwrapped.envs[0]
+        assert isinstance(sub_env, ScaledReward) and sub_env.scale == 3.0
+        assert sub_env.unwrapped._sutton_barto_reward
+        # Each worker env writes its own Monitor file, numbered after the learner's 2 envs.
+        assert sorted(path.name for path in tmp_path.glob("*.monitor.csv")) == [f"{rank}.monitor.csv" for rank in (0, 1, 4, 5)]
+    finally:
+        worker_env.close()
+        env.close()
+
+
+def test_a_wrapper_gymnasium_cannot_recreate_is_refused_without_the_recipe():
+    with pytest.raises(ValueError, match="ScaledReward.*sb3_async.common.envs.make_vec_env"):
+        A3C("MlpPolicy", make_vec_env("CartPole-v1", wrapper_class=ScaledReward, wrapper_kwargs=dict(scale=3.0)), device="cpu")

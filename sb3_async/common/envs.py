@@ -10,13 +10,18 @@ recipe the workers follow. Each worker builds ``envs_per_worker`` envs of its ow
 an env id (``"CartPole-v1"``)           ``make_vec_env(env_id, n_envs=envs_per_worker)``
 a callable returning a ``gym.Env``      ``make_vec_env(callable, n_envs=envs_per_worker)``;
                                         the callable travels with cloudpickle
-a ``VecEnv`` (e.g. ``VecNormalize``)    its sub-envs are re-made from their gymnasium spec,
+a ``VecEnv`` made by this module's      SB3's ``make_vec_env`` with the same arguments (env
+``make_vec_env``                        kwargs, wrapper_class, Monitor settings), then its
+                                        VecEnv wrappers re-applied in order
+any other ``VecEnv``                    its sub-envs are re-made from their gymnasium spec,
                                         then its VecEnv wrappers (VecNormalize, VecFrameStack,
                                         VecTransposeImage, VecMonitor) are re-applied in order
 =====================================  ======================================================
 
 Every worker's envs are wrapped in ``Monitor`` (for episode statistics) and seeded with
-``seed + worker_id * envs_per_worker + i`` when a seed is given.
+``seed + worker_id * envs_per_worker + i`` when a seed is given. When the recipe names a
+``monitor_dir``, each worker env writes its own ``<rank>.monitor.csv`` there, ranks following the
+learner env's, so rl-zoo3's plots read every worker's episodes.
 """
 
 import functools
@@ -28,7 +33,7 @@ import cloudpickle
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common import env_util
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import (
     VecEnv,
@@ -43,8 +48,8 @@ ObsStatistics = RunningMeanStd | dict[str, RunningMeanStd]
 
 _HOW_TO_FIX = (
     "Pass `env` as an env id (e.g. 'CartPole-v1') or as a picklable callable that returns a gym.Env, "
-    "or build the VecEnv with make_vec_env(env_id) and wrap it only in VecNormalize, VecFrameStack, "
-    "VecTransposeImage or VecMonitor."
+    "or build the VecEnv with sb3_async.common.envs.make_vec_env (SB3's arguments) and wrap it only in "
+    "VecNormalize, VecFrameStack, VecTransposeImage or VecMonitor."
 )
 
 
@@ -165,6 +170,15 @@ def _normalize_settings(vec_normalize: VecNormalize) -> dict[str, Any]:
     )
 
 
+def _frame_stack_settings(vec_frame_stack: VecFrameStack) -> dict[str, Any]:
+    stacked = vec_frame_stack.stacked_obs
+    if hasattr(stacked, "sub_stacked_observations"):  # Dict observations: an order per key
+        order: Any = {key: "first" if sub.channels_first else "last" for key, sub in stacked.sub_stacked_observations.items()}
+    else:
+        order = "first" if stacked.channels_first else "last"
+    return dict(n_stack=stacked.n_stack, channels_order=order)
+
+
 def _wrapper_layers(venv: VecEnv) -> tuple[list[_WrapperLayer], VecEnv]:
     """The VecEnv wrappers around ``venv``, innermost first, and the VecEnv they wrap."""
     layers: list[_WrapperLayer] = []
@@ -172,7 +186,7 @@ def _wrapper_layers(venv: VecEnv) -> tuple[list[_WrapperLayer], VecEnv]:
         if isinstance(venv, VecNormalize):
             layers.append(_WrapperLayer(VecNormalize, _normalize_settings(venv)))
         elif isinstance(venv, VecFrameStack):
-            layers.append(_WrapperLayer(VecFrameStack, dict(n_stack=venv.n_stack, channels_order=venv.channels_order)))
+            layers.append(_WrapperLayer(VecFrameStack, _frame_stack_settings(venv)))
         elif isinstance(venv, VecTransposeImage):
             layers.append(_WrapperLayer(VecTransposeImage, dict(skip=venv.skip)))
         elif isinstance(venv, VecMonitor):
@@ -199,16 +213,85 @@ def _env_factory_from_spec(spec: gym.envs.registration.EnvSpec | None) -> Callab
 
 
 @dataclass
+class VecEnvRecipe:
+    """
+    How to make envs like a VecEnv's sub-envs: the arguments of SB3's ``make_vec_env`` except
+    ``n_envs``, ``seed`` and ``start_index``, which each worker chooses. It must pickle with cloudpickle.
+    """
+
+    env_id: str | Callable[..., gym.Env]
+    env_kwargs: dict[str, Any] | None = None
+    wrapper_class: Callable[..., gym.Env] | None = None
+    wrapper_kwargs: dict[str, Any] | None = None
+    monitor_dir: str | None = None
+    monitor_kwargs: dict[str, Any] | None = None
+
+    def make(self, n_envs: int, seed: int | None = None, start_index: int = 0) -> VecEnv:
+        return env_util.make_vec_env(
+            self.env_id,
+            n_envs=n_envs,
+            seed=seed,
+            start_index=start_index,
+            env_kwargs=self.env_kwargs,
+            wrapper_class=self.wrapper_class,
+            wrapper_kwargs=self.wrapper_kwargs,
+            monitor_dir=self.monitor_dir,
+            monitor_kwargs=self.monitor_kwargs,
+        )
+
+
+RECIPE_ATTRIBUTE = "worker_env_recipe"
+
+
+def make_vec_env(
+    env_id: str | Callable[..., gym.Env],
+    n_envs: int = 1,
+    seed: int | None = None,
+    start_index: int = 0,
+    monitor_dir: str | None = None,
+    wrapper_class: Callable[..., gym.Env] | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    vec_env_cls: type[VecEnv] | None = None,
+    vec_env_kwargs: dict[str, Any] | None = None,
+    monitor_kwargs: dict[str, Any] | None = None,
+    wrapper_kwargs: dict[str, Any] | None = None,
+) -> VecEnv:
+    """
+    SB3's :func:`~stable_baselines3.common.env_util.make_vec_env`, with the same arguments, that also
+    records them on the VecEnv, so the asynchronous algorithms' workers build their envs exactly
+    like these: with the same ``wrapper_class`` (e.g. SB3's AtariWrapper, which gymnasium cannot
+    re-create from a spec), ``env_kwargs`` and Monitor settings.
+    """
+    venv = env_util.make_vec_env(
+        env_id,
+        n_envs=n_envs,
+        seed=seed,
+        start_index=start_index,
+        monitor_dir=monitor_dir,
+        wrapper_class=wrapper_class,
+        env_kwargs=env_kwargs,
+        vec_env_cls=vec_env_cls,
+        vec_env_kwargs=vec_env_kwargs,
+        monitor_kwargs=monitor_kwargs,
+        wrapper_kwargs=wrapper_kwargs,
+    )
+    recipe = VecEnvRecipe(env_id, env_kwargs, wrapper_class, wrapper_kwargs, monitor_dir, monitor_kwargs)
+    setattr(venv, RECIPE_ATTRIBUTE, recipe)
+    return venv
+
+
+@dataclass
 class WorkerEnvFactory:
     """
     Picklable recipe for a worker's envs. Build it in the learner with :meth:`from_user_env`;
     each worker calls :meth:`build`.
     """
 
-    base_env: str | bytes  # an env id, or a cloudpickled callable returning a gym.Env
+    recipe: bytes  # a cloudpickled VecEnvRecipe
     envs_per_worker: int
     layers: list[_WrapperLayer]
     seed: int | None = None
+    first_rank: int = 0  # Monitor file ranks start after the learner env's own
 
     @classmethod
     def from_user_env(
@@ -219,19 +302,26 @@ class WorkerEnvFactory:
         :param learner_env: the learner's VecEnv, after SB3's own wrapping (it fixes the wrapper layers)
         """
         layers, innermost = _wrapper_layers(learner_env)
-        if isinstance(user_env, str):
-            base_env: str | bytes = user_env
-        elif callable(user_env) and not isinstance(user_env, (gym.Env, VecEnv)):
-            base_env = dumps_for_workers(user_env, what="the env factory")
+        recorded = getattr(innermost, RECIPE_ATTRIBUTE, None)
+        if recorded is not None:
+            recipe = recorded
+        elif isinstance(user_env, str) or (callable(user_env) and not isinstance(user_env, (gym.Env, VecEnv))):
+            recipe = VecEnvRecipe(user_env)
         else:
-            specs = innermost.get_attr("spec")
-            base_env = dumps_for_workers(_env_factory_from_spec(specs[0]), what="the env factory")
-        return cls(base_env=base_env, envs_per_worker=envs_per_worker, layers=layers, seed=seed)
+            recipe = VecEnvRecipe(_env_factory_from_spec(innermost.get_attr("spec")[0]))
+        return cls(
+            recipe=dumps_for_workers(recipe, what="the env factory"),
+            envs_per_worker=envs_per_worker,
+            layers=layers,
+            seed=seed,
+            first_rank=innermost.num_envs,
+        )
 
     def build(self, worker_id: int, normalization: NormalizationStatistics | None = None) -> VecEnv:
-        env_id = self.base_env if isinstance(self.base_env, str) else cloudpickle.loads(self.base_env)
-        seed = None if self.seed is None else self.seed + worker_id * self.envs_per_worker
-        venv: VecEnv = make_vec_env(env_id, n_envs=self.envs_per_worker, seed=seed)
+        recipe: VecEnvRecipe = cloudpickle.loads(self.recipe)
+        first_env = worker_id * self.envs_per_worker
+        seed = None if self.seed is None else self.seed + first_env
+        venv = recipe.make(self.envs_per_worker, seed=seed, start_index=self.first_rank + first_env)
         for layer in self.layers:
             if layer.wrapper_class is VecNormalize:
                 assert normalization is not None, "a VecNormalize layer needs the learner's statistics"

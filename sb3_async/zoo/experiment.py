@@ -1,0 +1,124 @@
+"""
+rl-zoo3's ExperimentManager, taught what is different about an asynchronous algorithm. Everything
+else (config files, schedules, VecNormalize, callbacks, Optuna studies, saving) is rl-zoo3's own.
+
+- **Default config**: ``zoo_configs/<algo>.yml`` of this package, unless ``--conf-file`` is given.
+- **n_envs is the total number of envs**, as in rl-zoo3's A2C configs; ``n_workers`` splits them,
+  and ``envs_per_worker = n_envs // n_workers`` is derived (a config must not set it). rl-zoo3
+  scales its evaluation and checkpoint frequencies by ``n_envs``, and our algorithms call
+  ``on_step`` once per ``n_envs`` env steps, so those frequencies stay right.
+- **Envs**: the learner never steps its env, so it gets one; the workers build the ``n_envs`` that
+  do with the same recipe rl-zoo3 uses (its ``make_env``, ``env_kwargs``, ``env_wrapper``, Monitor
+  settings and log folder; the VecNormalize and frame stacking around them are re-applied by the
+  workers from the learner env's wrappers).
+- **A trial whose workers fail** (an env or the loss raising, e.g. on NaN) is pruned, as rl-zoo3
+  prunes trials that raise ValueError, instead of ending the study; so is a trial whose score is
+  not finite. Workers are stopped at the end of every ``learn()``, so trials do not pile up processes.
+"""
+
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import optuna
+from rl_zoo3.exp_manager import ExperimentManager
+from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
+from rl_zoo3.utils import ALGOS
+from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_async import A3C, OffPolicyAC
+from sb3_async.common.async_algorithm import default_n_workers
+from sb3_async.common.collector import WorkerError
+from sb3_async.common.envs import RECIPE_ATTRIBUTE, VecEnvRecipe
+from sb3_async.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
+
+ASYNC_ALGOS = ("a3c", "offpac")
+
+
+def register() -> None:
+    """
+    Add ``a3c`` and ``offpac`` to rl-zoo3's algorithm, sampler and converter tables. rl-zoo3 has no
+    plugin entry point; its scripts read these tables when they build their parsers, so this must
+    run before them (``sb3_async.zoo.main`` and :class:`AsyncExperimentManager` do it).
+    """
+    ALGOS.update(a3c=A3C, offpac=OffPolicyAC)
+    HYPERPARAMS_SAMPLER.update(SAMPLERS)
+    HYPERPARAMS_CONVERTER.update(CONVERTERS)
+
+
+def default_config_path(algo: str) -> Path:
+    """This package's rl-zoo3 config file for ``algo`` (``zoo_configs/<algo>.yml``)."""
+    from sb3_async import zoo_configs  # the repository's zoo_configs/ folder, installed as package data
+
+    return Path(zoo_configs.__path__[0]) / f"{algo}.yml"
+
+
+def split_envs(n_envs: int, n_workers: int | None) -> tuple[int, int]:
+    """``(n_workers, envs_per_worker)`` for ``n_envs`` envs in all; by default one worker per core."""
+    if n_workers is None:
+        n_workers = max(n for n in range(1, min(n_envs, default_n_workers()) + 1) if n_envs % n == 0)
+    if not isinstance(n_workers, int) or n_workers < 1 or n_envs % n_workers != 0:
+        raise ValueError(f"n_workers={n_workers!r} must be a positive divisor of n_envs={n_envs} (the total number of envs)")
+    return n_workers, n_envs // n_workers
+
+
+class AsyncExperimentManager(ExperimentManager):
+    """:class:`rl_zoo3.exp_manager.ExperimentManager` for A3C and OffPolicyAC too (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        register()
+        super().__init__(*args, **kwargs)
+        if self.is_async and not kwargs.get("config"):
+            self.config = str(default_config_path(self.algo))
+
+    @property
+    def is_async(self) -> bool:
+        return self.algo in ASYNC_ALGOS
+
+    def _preprocess_hyperparams(self, hyperparams: dict[str, Any]):
+        if self.is_async and "envs_per_worker" in hyperparams:
+            raise ValueError(
+                f"{self.algo} config: do not set envs_per_worker; set n_envs (the total number of envs) "
+                "and n_workers, and envs_per_worker = n_envs // n_workers follows"
+            )
+        hyperparams, env_wrapper, callbacks, vec_env_wrapper = super()._preprocess_hyperparams(hyperparams)
+        if self.is_async:
+            hyperparams["n_workers"], hyperparams["envs_per_worker"] = split_envs(self.n_envs, hyperparams.get("n_workers"))
+        return hyperparams, env_wrapper, callbacks, vec_env_wrapper
+
+    def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
+        if not self.is_async or eval_env:
+            return super().create_envs(n_envs, eval_env=eval_env, no_log=no_log)
+        # The learner only needs the spaces and the VecNormalize statistics: one env.
+        env = super().create_envs(1, eval_env=False, no_log=no_log)
+        # What rl-zoo3's create_envs gives make_vec_env, for the workers to build theirs alike.
+        recipe = VecEnvRecipe(
+            env_id=functools.partial(gym.make, gym.spec(self.env_name.gym_id)),
+            env_kwargs=self.env_kwargs,
+            wrapper_class=self.env_wrapper,
+            monitor_dir=None if no_log else self.save_path,
+            monitor_kwargs=self.monitor_kwargs,
+        )
+        setattr(env.unwrapped, RECIPE_ATTRIBUTE, recipe)
+        return env
+
+    def hyperparameters_optimization(self) -> None:
+        try:
+            super().hyperparameters_optimization()
+        except ValueError as error:
+            # rl-zoo3 asks for the best trial after optimizing, which fails when every trial was pruned.
+            if "No trials are completed yet" not in str(error):
+                raise
+            print(f"No trial completed (all pruned or failed), so there is no best trial to report: {error}")
+
+    def objective(self, trial: optuna.Trial) -> float:
+        try:
+            score = super().objective(trial)
+        except WorkerError as error:
+            print(f"Trial {trial.number} pruned: {error}")
+            raise optuna.TrialPruned(str(error)) from error
+        if not math.isfinite(score):
+            raise optuna.TrialPruned(f"the trial's evaluation score is {score}")
+        return score

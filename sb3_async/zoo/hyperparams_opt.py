@@ -1,0 +1,100 @@
+"""
+Optuna samplers and converters for the asynchronous algorithms, in rl-zoo3's format.
+
+A sampler draws a trial's values (``trial.params``) and returns the algorithm's keyword arguments;
+the converter turns stored ``trial.params`` back into keyword arguments, which is what
+``--trial-id`` uses to reproduce a trial. As in rl-zoo3, gamma and gae_lambda are sampled as
+``1 - x`` on a log scale, and ``net_arch``/``activation_fn`` by name.
+
+``n_envs`` (from the config) is the total number of envs; a trial chooses how many workers share
+them (``n_workers``, a divisor of ``n_envs``), so the evaluation schedule rl-zoo3 derives from
+``n_envs`` stays right for every trial.
+"""
+
+from typing import Any
+
+import optuna
+from torch import nn
+
+NET_ARCH = {
+    "tiny": dict(pi=[64], vf=[64]),
+    "small": dict(pi=[64, 64], vf=[64, 64]),
+    "medium": dict(pi=[256, 256], vf=[256, 256]),
+}
+ACTIVATION_FN = {"tanh": nn.Tanh, "relu": nn.ReLU}
+N_WORKERS_CHOICES = (1, 2, 4, 8)
+
+
+def _sample_n_workers(trial: optuna.Trial, n_envs: int) -> int:
+    choices = [n for n in N_WORKERS_CHOICES if n_envs % n == 0]
+    return trial.suggest_categorical("n_workers", choices)
+
+
+def _sample_common(trial: optuna.Trial, n_envs: int, n_steps_choices: list[int]) -> dict[str, Any]:
+    """What A3C and OffPolicyAC share: the actor-critic loss weights, optimisation and network."""
+    return {
+        "n_steps": trial.suggest_categorical("n_steps", n_steps_choices),
+        "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 0.003, log=True),
+        "ent_coef": trial.suggest_float("ent_coef", 1e-8, 0.1, log=True),
+        "vf_coef": trial.suggest_float("vf_coef", 0.2, 1.0),
+        "max_grad_norm": trial.suggest_float("max_grad_norm", 0.3, 5.0, log=True),
+        "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCH)),
+        "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATION_FN)),
+        "n_workers": _sample_n_workers(trial, n_envs),
+    }
+
+
+def _convert_common(params: dict[str, Any]) -> dict[str, Any]:
+    hyperparams = dict(params)
+    hyperparams["gamma"] = 1 - hyperparams.pop("one_minus_gamma")
+    if "one_minus_gae_lambda" in hyperparams:
+        hyperparams["gae_lambda"] = 1 - hyperparams.pop("one_minus_gae_lambda")
+    policy_kwargs = {}
+    if "net_arch" in hyperparams:
+        policy_kwargs["net_arch"] = NET_ARCH[hyperparams.pop("net_arch")]
+    if "activation_fn" in hyperparams:
+        policy_kwargs["activation_fn"] = ACTIVATION_FN[hyperparams.pop("activation_fn")]
+    if policy_kwargs:
+        hyperparams["policy_kwargs"] = policy_kwargs
+    return hyperparams
+
+
+def convert_a3c_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A3C keyword arguments from a trial's ``params`` (``envs_per_worker`` follows from ``n_envs``)."""
+    return _convert_common(params)
+
+
+def sample_a3c_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """Sampler for A3C: the paper's t_max (``n_steps``), gamma, GAE lambda, loss weights, lr, network, workers."""
+    params = _sample_common(trial, n_envs, [5, 8, 16, 32, 64])
+    params["one_minus_gae_lambda"] = trial.suggest_float("one_minus_gae_lambda", 0.0001, 0.1, log=True)
+    trial.set_user_attr("gamma", 1 - params["one_minus_gamma"])
+    return {**convert_a3c_params(params), "envs_per_worker": n_envs // params["n_workers"]}
+
+
+def convert_offpac_params(params: dict[str, Any]) -> dict[str, Any]:
+    """OffPolicyAC keyword arguments from a trial's ``params``."""
+    hyperparams = _convert_common(params)
+    epsilon = hyperparams.pop("behavior_epsilon", 0.0)
+    hyperparams["behavior_policy"] = "target" if epsilon == 0.0 else ("epsilon", epsilon)
+    if "buffer_size_pow" in hyperparams:
+        hyperparams["buffer_size"] = 10 ** hyperparams.pop("buffer_size_pow")
+    return hyperparams
+
+
+def sample_offpac_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """Sampler for OffPolicyAC: the shared ones plus truncation, replay and behaviour exploration."""
+    params = _sample_common(trial, n_envs, [4, 8, 16, 32])
+    params["rho_bar"] = trial.suggest_categorical("rho_bar", [0.5, 1.0, 2.0, 5.0])
+    params["c_bar"] = trial.suggest_categorical("c_bar", [0.5, 1.0])
+    params["replay_ratio"] = trial.suggest_categorical("replay_ratio", [0.0, 0.5, 1.0, 2.0, 4.0])
+    params["buffer_size_pow"] = trial.suggest_int("buffer_size_pow", 4, 6)
+    params["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256])
+    params["behavior_epsilon"] = trial.suggest_categorical("behavior_epsilon", [0.0, 0.05, 0.1, 0.2, 0.3])
+    trial.set_user_attr("gamma", 1 - params["one_minus_gamma"])
+    return {**convert_offpac_params(params), "envs_per_worker": n_envs // params["n_workers"]}
+
+
+SAMPLERS = {"a3c": sample_a3c_params, "offpac": sample_offpac_params}
+CONVERTERS = {"a3c": convert_a3c_params, "offpac": convert_offpac_params}

@@ -1,0 +1,155 @@
+"""sb3_async.zoo: A3C and OffPolicyAC through rl-zoo3's own train / optimize / enjoy scripts."""
+
+import argparse
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_async import A3C, OffPolicyAC
+from sb3_async.zoo import AsyncExperimentManager, main
+from sb3_async.zoo.experiment import default_config_path, split_envs
+
+ALGO_CLASSES = {"a3c": A3C, "offpac": OffPolicyAC}
+# The env each config entry is built for: its own id, an Atari game for "atari", any other env for "default".
+ENTRY_ENV = {"atari": "PongNoFrameskip-v4", "default": "MountainCar-v0"}
+
+
+def config_entries():
+    for algo in ALGO_CLASSES:
+        for entry in yaml.safe_load(default_config_path(algo).read_text()):
+            yield pytest.param(algo, entry, id=f"{algo}-{entry}")
+
+
+def journal_study(path: Path, name: str) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_every_required_env_has_an_entry_in_both_configs():
+    required = {"CartPole-v1", "Acrobot-v1", "LunarLander-v3", "Pendulum-v1", "MountainCarContinuous-v0", "default", "atari"}
+    for algo in ALGO_CLASSES:
+        assert required <= set(yaml.safe_load(default_config_path(algo).read_text())), algo
+
+
+@pytest.mark.parametrize("algo, entry", config_entries())
+def test_config_entry_loads_and_builds_its_model_and_worker_envs(algo, entry, tmp_path, no_leaks):
+    env_id = ENTRY_ENV.get(entry, entry)
+    manager = AsyncExperimentManager(argparse.Namespace(), algo, env_id, str(tmp_path), eval_freq=-1, verbose=0)
+    model, saved_hyperparams = manager.setup_experiment()
+    try:
+        assert isinstance(model, ALGO_CLASSES[algo])
+        assert model.n_workers * model.envs_per_worker == saved_hyperparams["n_envs"]
+        assert (model.get_vec_normalize_env() is not None) == bool(saved_hyperparams.get("normalize", False))
+        # One worker's envs, built in this process exactly as a worker process builds them.
+        factory = model._worker_env_factory()
+        worker_env = factory.build(worker_id=1, normalization=model._normalization_statistics())
+        try:
+            assert worker_env.num_envs == model.envs_per_worker
+            assert worker_env.observation_space == model.observation_space
+            assert worker_env.action_space == model.action_space
+            worker_env.reset()
+            worker_env.step(np.array([worker_env.action_space.sample() for _ in range(worker_env.num_envs)]))
+        finally:
+            worker_env.close()
+    finally:
+        model.env.close()
+
+
+def test_n_envs_is_split_between_workers():
+    assert split_envs(8, 2) == (2, 4)
+    assert split_envs(16, None)[0] * split_envs(16, None)[1] == 16
+    with pytest.raises(ValueError, match="divisor of n_envs=8"):
+        split_envs(8, 3)
+
+
+def test_a_config_that_sets_envs_per_worker_is_refused(tmp_path):
+    config = tmp_path / "a3c.yml"
+    config.write_text("CartPole-v1:\n  n_envs: 8\n  envs_per_worker: 4\n  n_timesteps: 1000\n  policy: MlpPolicy\n")
+    manager = AsyncExperimentManager(argparse.Namespace(), "a3c", "CartPole-v1", str(tmp_path), eval_freq=-1, config=str(config))
+    with pytest.raises(ValueError, match="do not set envs_per_worker"):
+        manager.setup_experiment()
+
+
+def test_optimize_records_two_trials_and_leaves_no_process_behind(tmp_path, no_leaks):
+    storage = tmp_path / "a3c.log"
+    main(
+        ["train", "--algo", "a3c", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "3000",
+         "-optimize", "--n-trials", "2", "--n-evaluations", "1", "--eval-episodes", "2",
+         "--sampler", "random", "--pruner", "median", "--storage", str(storage), "--study-name", "a3c-test",
+         "--no-optim-plots", "--seed", "3"]
+    )  # fmt: skip
+    trials = journal_study(storage, "a3c-test").trials
+    assert len(trials) == 2
+    assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all(np.isfinite(trial.value) and trial.value > 0 for trial in trials)
+    assert {"n_workers", "learning_rate", "n_steps", "one_minus_gae_lambda"} <= set(trials[0].params)
+
+
+def test_a_trial_whose_worker_crashes_is_pruned_and_the_study_goes_on(tmp_path, capsys, no_leaks):
+    storage = tmp_path / "crash.log"
+    config = tmp_path / "offpac.yml"
+    config.write_text("CartPoleThatCrashes-v0:\n  n_envs: 2\n  n_workers: 2\n  n_timesteps: 5000\n  policy: MlpPolicy\n")
+    main(
+        ["train", "--algo", "offpac", "--env", "CartPoleThatCrashes-v0", "--gym-packages", "tests.zoo_envs",
+         "--conf-file", str(config), "-f", str(tmp_path / "logs"), "-optimize", "--n-trials", "2",
+         "--n-evaluations", "1", "--sampler", "random", "--storage", str(storage), "--study-name", "crash",
+         "--no-optim-plots"]
+    )  # fmt: skip
+    trials = journal_study(storage, "crash").trials
+    assert [trial.state for trial in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert "No trial completed" in capsys.readouterr().out
+
+
+def test_trial_id_reproduces_the_trial(tmp_path, no_leaks):
+    storage = tmp_path / "offpac.log"
+    common = ["--algo", "offpac", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "--storage", str(storage),
+              "--study-name", "offpac-test", "--seed", "1"]  # fmt: skip
+    main(["train", *common, "-n", "1000", "-optimize", "--n-trials", "2", "--n-evaluations", "1", "--eval-episodes", "1",
+          "--sampler", "random", "--no-optim-plots"])  # fmt: skip
+    # rl-zoo3 reads --trial-id only when it is not 0, so reproduce trial 1.
+    main(["train", *common, "-n", "500", "--trial-id", "1", "--eval-freq", "-1"])
+    params = journal_study(storage, "offpac-test").trials[1].params
+    # The optimisation made logs/offpac/CartPole-v1_1; the reproduction is the next run.
+    model = OffPolicyAC.load(tmp_path / "logs" / "offpac" / "CartPole-v1_2" / "CartPole-v1.zip")
+    assert model.n_workers == params["n_workers"] and model.n_workers * model.envs_per_worker == 8
+    assert model.lr_schedule(1.0) == pytest.approx(params["learning_rate"])  # rl-zoo3 makes it a constant schedule
+    assert model.gamma == pytest.approx(1 - params["one_minus_gamma"])
+    assert model.rho_bar == params["rho_bar"] and model.replay_ratio == params["replay_ratio"]
+    assert model.buffer_size == 10 ** params["buffer_size_pow"]
+    epsilon = params["behavior_epsilon"]
+    if epsilon == 0:
+        assert model.behavior_policy == "target"
+    else:  # saved as JSON, so the tuple comes back as a list
+        assert list(model.behavior_policy) == ["epsilon", epsilon]
+
+
+def test_train_then_enjoy_reproduces_the_last_evaluation_with_normalize(tmp_path, capsys, no_leaks):
+    config = tmp_path / "a3c.yml"
+    config.write_text(
+        "CartPole-v1:\n  normalize: true\n  n_envs: 4\n  n_workers: 2\n  n_timesteps: 60000\n  policy: MlpPolicy\n"
+    )
+    logs = tmp_path / "logs"
+    main(["train", "--algo", "a3c", "--env", "CartPole-v1", "--conf-file", str(config), "-f", str(logs),
+          "--eval-freq", "20000", "--eval-episodes", "10", "--seed", "0"])  # fmt: skip
+    run = logs / "a3c" / "CartPole-v1_1"
+    # The saved statistics are the learner's, merged from every worker's observations.
+    with open(run / "CartPole-v1" / "vecnormalize.pkl", "rb") as file:
+        vec_normalize: VecNormalize = pickle.load(file)  # what VecNormalize.load reads
+    assert vec_normalize.obs_rms.count >= 60_000
+    last_evaluation = float(np.load(run / "evaluations.npz")["results"][-1].mean())
+    assert last_evaluation >= 100, f"A3C did not learn enough to compare ({last_evaluation})"
+    capsys.readouterr()
+    main(["enjoy", "--algo", "a3c", "--env", "CartPole-v1", "-f", str(logs), "--no-render", "-n", "5000", "--seed", "0"])
+    enjoyed = float(re.search(r"Mean reward: ([-\d.]+)", capsys.readouterr().out).group(1))
+    assert enjoyed == pytest.approx(last_evaluation, rel=0.25), f"enjoy {enjoyed} vs training's last evaluation {last_evaluation}"
+
+
+def test_unknown_script_says_which_exist():
+    with pytest.raises(SystemExit, match="train,enjoy"):
+        main(["fly"])
