@@ -1,0 +1,172 @@
+"""
+Train each algorithm for each seed with rl-zoo3's settings, one run at a time, each in a fresh
+process, with the order of the algorithms rotating from seed to seed so that machine drift hits
+all alike. Every run records its learning curve, throughput, CPU use and peak memory, then a
+deterministic evaluation of the final policy.
+"""
+
+import argparse
+import math
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from typing import Any
+
+import gymnasium as gym
+import torch as th
+from rl_zoo3.utils import ALGOS
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import sync_envs_normalization
+from tqdm.auto import tqdm
+
+from sb3_async.compare.measure import EpisodeRecorder, ProcessTreeMonitor, first_time_solved
+from sb3_async.zoo.experiment import ASYNC_ALGOS, AsyncExperimentManager, register
+
+# Thresholds for envs whose gymnasium spec has none (Pendulum-v1: rl-zoo's "solved" level).
+DEFAULT_THRESHOLDS = {"Pendulum-v1": -200.0}
+
+
+@dataclass
+class RunSpec:
+    """One training run."""
+
+    algo: str
+    env_id: str
+    seed: int
+    timesteps: int
+    threshold: float
+    window: int = 100
+    eval_episodes: int = 20
+    n_workers: int | None = None  # set in a scaling sweep: this many workers, envs_per_worker as configured
+    conf_file: str | None = None
+    num_threads: int = 1
+
+    @property
+    def label(self) -> str:
+        return self.algo if self.n_workers is None else f"{self.algo} x{self.n_workers}"
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    wall_seconds: float
+    fps: float
+    cpu_cores: float  # CPU seconds of the learner and its workers per wall-clock second
+    peak_rss_mb: float
+    final_score: float
+    steps_to_threshold: float
+    seconds_to_threshold: float
+    n_envs: int
+    episodes: list[tuple[int, float, float]] = field(repr=False, default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        row = {key: value for key, value in asdict(self).items() if key not in ("spec", "episodes")}
+        return {"label": self.spec.label, **asdict(self.spec), **row}
+
+
+def threshold_for(env_id: str) -> float:
+    spec = gym.spec(env_id)
+    if spec.reward_threshold is not None:
+        return float(spec.reward_threshold)
+    return DEFAULT_THRESHOLDS.get(env_id, math.nan)
+
+
+def validate(algos: list[str], env_id: str, seeds: int, timesteps: int, scaling: list[int] | None = None) -> None:
+    """Every check that can fail before a run starts; a ValueError says what is wrong."""
+    register()
+    unknown = [algo for algo in algos if algo not in ALGOS]
+    if unknown:
+        raise ValueError(f"unknown algo(s) {unknown}: choose from {sorted(ALGOS)}")
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as error:
+        raise ValueError(f"unknown env {env_id!r}: {error}") from error
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps!r}")
+    if scaling:
+        if any(n < 1 for n in scaling):
+            raise ValueError(f"--scaling takes worker counts >= 1, got {scaling}")
+        synchronous = [algo for algo in algos if algo not in ASYNC_ALGOS]
+        if synchronous:
+            raise ValueError(f"a scaling sweep varies n_workers, which {synchronous} do not have; use {list(ASYNC_ALGOS)}")
+
+
+def plan_runs(
+    algos: list[str],
+    env_id: str,
+    seeds: int,
+    timesteps: int,
+    scaling: list[int] | None = None,
+    threshold: float | None = None,
+    **spec_kwargs: Any,
+) -> list[RunSpec]:
+    """All runs, seed by seed, with the order of the variants rotating from one seed to the next."""
+    variants = [(algo, n) for algo in algos for n in (scaling or [None])]
+    threshold = threshold_for(env_id) if threshold is None else threshold
+    runs = []
+    for seed in range(seeds):
+        shift = seed % len(variants)
+        for algo, n_workers in variants[shift:] + variants[:shift]:
+            runs.append(RunSpec(algo, env_id, seed, timesteps, threshold, n_workers=n_workers, **spec_kwargs))
+    return runs
+
+
+def run_one(spec: RunSpec) -> RunResult:
+    """Train and evaluate one run (in a fresh process: see :func:`run_all`)."""
+    register()
+    th.set_num_threads(spec.num_threads)
+    overrides: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as log_folder:
+        manager = AsyncExperimentManager(
+            argparse.Namespace(), spec.algo, spec.env_id, log_folder, n_timesteps=spec.timesteps, eval_freq=-1,
+            seed=spec.seed, config=spec.conf_file, hyperparams=overrides, verbose=0, device="cpu",
+        )  # fmt: skip
+        if spec.n_workers is not None:
+            # Each worker keeps the configured envs_per_worker; the total grows with the workers.
+            _, base_hyperparams = manager.read_hyperparameters()
+            envs_per_worker = int(base_hyperparams.get("n_envs", 1)) // int(base_hyperparams.get("n_workers", 1))
+            overrides.update(n_workers=spec.n_workers, n_envs=spec.n_workers * max(envs_per_worker, 1))
+        model, _ = manager.setup_experiment()
+        recorder = EpisodeRecorder()
+        try:
+            with ProcessTreeMonitor() as monitor:
+                started = time.perf_counter()
+                model.learn(spec.timesteps, callback=recorder)
+                wall_seconds = time.perf_counter() - started
+            eval_env = manager.create_envs(1, eval_env=True)
+            if model.get_vec_normalize_env() is not None:
+                sync_envs_normalization(model.get_env(), eval_env)
+            final_score, _ = evaluate_policy(model, eval_env, n_eval_episodes=spec.eval_episodes, deterministic=manager.deterministic_eval)
+            eval_env.close()
+        finally:
+            model.env.close()
+    steps, seconds = first_time_solved(recorder.episodes, spec.threshold, spec.window)
+    return RunResult(
+        spec=spec,
+        wall_seconds=wall_seconds,
+        fps=model.num_timesteps / wall_seconds,
+        cpu_cores=monitor.cpu_seconds / wall_seconds,
+        peak_rss_mb=monitor.peak_rss_bytes / 2**20,
+        final_score=float(final_score),
+        steps_to_threshold=steps,
+        seconds_to_threshold=seconds,
+        n_envs=manager.n_envs,
+        episodes=recorder.episodes,
+    )
+
+
+def run_all(runs: list[RunSpec], progress: bool = True) -> list[RunResult]:
+    """Each run in a fresh spawned process, one at a time, under one progress bar over all runs."""
+    results = []
+    with tqdm(total=len(runs), disable=not progress, unit="run") as bar:
+        for spec in runs:
+            bar.set_postfix_str(f"{spec.label} seed {spec.seed}")
+            # A fresh process per run: no state, thread pool or forkserver carries over to the next run.
+            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                results.append(pool.submit(run_one, spec).result())
+            bar.update()
+    return results

@@ -1,0 +1,153 @@
+"""
+Files of a comparison: ``runs.csv`` (one row per run), ``curves.csv`` (every training episode of
+every run), ``results.md`` (the summary table, computed from runs.csv only) and PNG plots of the
+learning curves on a steps axis and a time axis (and, for a scaling sweep, ``scaling.png``).
+
+Aggregates across seeds use rliable: the interquartile mean (IQM) with a 95% stratified-bootstrap
+confidence interval, as Agarwal et al. (2021) recommend for few runs.
+"""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from rliable import library as rly  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from sb3_async.compare.harness import RunResult  # noqa: E402
+
+BOOTSTRAP_REPS = 2000
+CURVE_POINTS = 60
+CURVE_SMOOTHING = 20  # episodes in the rolling mean of a learning curve
+
+
+def write_csvs(results: list[RunResult], out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs = pd.DataFrame([result.row() for result in results])
+    curves = pd.DataFrame(
+        [
+            {"label": r.spec.label, "algo": r.spec.algo, "seed": r.spec.seed, "step": step, "seconds": seconds, "episode_reward": reward}
+            for r in results
+            for step, seconds, reward in r.episodes
+        ],
+        columns=["label", "algo", "seed", "step", "seconds", "episode_reward"],
+    )
+    runs.to_csv(out / "runs.csv", index=False)
+    curves.to_csv(out / "curves.csv", index=False)
+    return runs, curves
+
+
+def iqm_with_ci(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """IQM over runs (axis 0) for each column of ``scores`` [runs, points], and its 95% CI [2, points]."""
+    score_dict = {"x": scores[:, None, :]}  # rliable's layout: [runs, tasks, points]
+
+    def iqm(matrix: np.ndarray) -> np.ndarray:
+        # rliable's aggregate_iqm (a 25%-trimmed mean over runs and tasks), for every point at once.
+        return stats.trim_mean(matrix.reshape(-1, matrix.shape[-1]), proportiontocut=0.25, axis=0)
+
+    estimates, intervals = rly.get_interval_estimates(score_dict, iqm, reps=BOOTSTRAP_REPS)
+    return estimates["x"], intervals["x"]
+
+
+def _median_and_range(values: pd.Series, fmt: str) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    return f"{values.median():{fmt}} ({values.min():{fmt}}–{values.max():{fmt}})"
+
+
+def summary_table(runs: pd.DataFrame) -> str:
+    """The Markdown table of results.md, computed from runs.csv's columns only."""
+    lines = [
+        "| algo | final score, IQM [95% CI] | final score, median (range) | steps to threshold, median (range) | "
+        "seconds to threshold, median (range) | solved | env steps/s, median (range) | CPU cores used | peak memory, MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, group in runs.groupby("label", sort=False):
+        estimate, interval = iqm_with_ci(group["final_score"].to_numpy()[:, None])
+        solved = group["steps_to_threshold"].notna()
+        lines.append(
+            f"| {label} | {estimate[0]:.1f} [{interval[0, 0]:.1f}, {interval[1, 0]:.1f}] "
+            f"| {_median_and_range(group['final_score'], '.1f')} "
+            f"| {_median_and_range(group['steps_to_threshold'], ',.0f')} "
+            f"| {_median_and_range(group['seconds_to_threshold'], '.1f')} "
+            f"| {solved.sum()}/{len(group)} "
+            f"| {_median_and_range(group['fps'], ',.0f')} "
+            f"| {group['cpu_cores'].median():.2f} | {group['peak_rss_mb'].median():.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _curve_on_grid(episodes: pd.DataFrame, axis: str, grid: np.ndarray) -> np.ndarray:
+    """The run's smoothed episode return, as a step function of ``axis``, read at ``grid`` (NaN before its first episode)."""
+    smoothed = episodes["episode_reward"].rolling(CURVE_SMOOTHING, min_periods=1).mean().to_numpy()
+    positions = np.searchsorted(episodes[axis].to_numpy(), grid, side="right") - 1
+    return np.where(positions >= 0, smoothed[np.clip(positions, 0, None)], np.nan)
+
+
+def plot_curves(curves: pd.DataFrame, axis: str, path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    end = curves.groupby(["label", "seed"])[axis].max().min()  # every run reaches it
+    grid = np.linspace(0, end, CURVE_POINTS)[1:]
+    for label, runs in curves.groupby("label", sort=False):
+        matrix = np.stack([_curve_on_grid(run, axis, grid) for _, run in runs.groupby("seed")])
+        valid = ~np.isnan(matrix).any(axis=0)  # once every seed has finished an episode
+        if not valid.any():
+            continue
+        estimate, interval = iqm_with_ci(matrix[:, valid])
+        ax.plot(grid[valid], estimate, label=f"{label} ({len(matrix)} seeds)")
+        ax.fill_between(grid[valid], interval[0], interval[1], alpha=0.25)
+    ax.set_xlabel({"step": "env steps", "seconds": "wall-clock seconds"}[axis])
+    ax.set_ylabel(f"training episode return (mean of {CURVE_SMOOTHING})")
+    ax.set_title(f"{title}: IQM and 95% CI over seeds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scaling(runs: pd.DataFrame, path: Path, title: str) -> None:
+    """Throughput and time-to-threshold speed-up against the number of workers, with the ideal line."""
+    fig, (throughput_ax, speedup_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for algo, group in runs.groupby("algo", sort=False):
+        by_workers = group.groupby("n_workers")
+        workers = np.array(sorted(by_workers.groups), dtype=float)
+        fps = by_workers["fps"].median().reindex(workers).to_numpy()
+        throughput_ax.plot(workers, fps, "o-", label=f"{algo} (median)")
+        throughput_ax.plot(workers, fps[0] * workers / workers[0], "k--", label="ideal (linear)")
+        seconds = by_workers["seconds_to_threshold"].median().reindex(workers).to_numpy()
+        speedup_ax.plot(workers, seconds[0] / seconds, "o-", label=f"{algo} (median)")
+        speedup_ax.plot(workers, workers / workers[0], "k--", label="ideal (linear)")
+    throughput_ax.set(xlabel="workers", ylabel="env steps / s", title="throughput")
+    speedup_ax.set(xlabel="workers", ylabel="speed-up in time to threshold", title="time-to-threshold speed-up")
+    for ax in (throughput_ax, speedup_ax):
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: list[RunResult], out: Path, command: str) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    runs, curves = write_csvs(results, out)
+    spec = results[0].spec
+    title = f"{spec.env_id}, {spec.timesteps:,} steps"
+    plot_curves(curves, "step", out / "curves_steps.png", title)
+    plot_curves(curves, "seconds", out / "curves_time.png", title)
+    figures = ["curves_steps.png", "curves_time.png"]
+    if runs["n_workers"].notna().any():
+        plot_scaling(runs, out / "scaling.png", title)
+        figures.append("scaling.png")
+    table = summary_table(runs)
+    text = (
+        f"# {title}\n\n`{command}`\n\n"
+        f"Threshold {spec.threshold:g}: the first time the mean of the last {spec.window} training episodes reaches it. "
+        f"Final score: deterministic policy over {spec.eval_episodes} evaluation episodes after training.\n\n"
+        f"{table}\n\n" + "".join(f"![{name}]({name})\n" for name in figures)
+    )
+    (out / "results.md").write_text(text)
+    return table

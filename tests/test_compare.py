@@ -1,0 +1,104 @@
+"""sb3_async.compare: the harness end to end on a tiny budget, and its refusals."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sb3_async.compare import plan_runs, validate
+from sb3_async.compare.__main__ import main
+from sb3_async.compare.measure import ProcessTreeMonitor, first_time_solved
+from sb3_async.compare.report import summary_table
+
+
+@pytest.fixture(scope="module")
+def tiny_comparison(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    # A threshold even random play reaches, so steps/seconds-to-threshold are filled in.
+    main(["--env", "CartPole-v1", "--algos", "a3c", "a2c", "--seeds", "2", "--timesteps", "4000",
+          "--eval-episodes", "2", "--threshold", "15", "--window", "5", "--out", str(out)])  # fmt: skip
+    return out
+
+
+def test_harness_writes_csvs_plots_and_table(tiny_comparison):
+    out = tiny_comparison
+    runs = pd.read_csv(out / "runs.csv")
+    curves = pd.read_csv(out / "curves.csv")
+    assert sorted(zip(runs["algo"], runs["seed"])) == [("a2c", 0), ("a2c", 1), ("a3c", 0), ("a3c", 1)]
+    assert (runs["timesteps"] == 4000).all() and (runs["fps"] > 0).all() and (runs["cpu_cores"] > 0).all()
+    # A3C's memory includes its worker processes, each with its own torch.
+    assert runs.loc[runs["algo"] == "a3c", "peak_rss_mb"].min() > runs.loc[runs["algo"] == "a2c", "peak_rss_mb"].max()
+    assert runs["steps_to_threshold"].notna().all() and (runs["steps_to_threshold"] <= 4000).all()
+    for (algo, seed), episodes in curves.groupby(["algo", "seed"]):
+        assert episodes["step"].is_monotonic_increasing and episodes["step"].iloc[-1] <= 4000 + 8, (algo, seed)
+        assert episodes["seconds"].is_monotonic_increasing
+    for name in ("curves_steps.png", "curves_time.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_is_computed_from_the_csv(tiny_comparison):
+    runs = pd.read_csv(tiny_comparison / "runs.csv")
+    table = (tiny_comparison / "results.md").read_text()
+    assert summary_table(runs) in table
+    for algo, group in runs.groupby("algo"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {algo} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        scores, fps, steps = group["final_score"], group["fps"], group["steps_to_threshold"]
+        assert cells[2] == f"{scores.median():.1f} ({scores.min():.1f}–{scores.max():.1f})"
+        assert cells[3] == f"{steps.median():,.0f} ({steps.min():,.0f}–{steps.max():,.0f})"
+        assert cells[5] == f"{steps.notna().sum()}/{len(group)}"
+        assert cells[6] == f"{fps.median():,.0f} ({fps.min():,.0f}–{fps.max():,.0f})"
+        # With 2 seeds the interquartile mean is the plain mean.
+        assert cells[1].startswith(f"{scores.mean():.1f} [")
+
+
+def test_process_tree_monitor_counts_the_cpu_of_grandchildren():
+    # Like A3C's workers (children of the forkserver), the busy process is a grandchild.
+    burn = "import time; end = time.process_time() + 1.0\nwhile time.process_time() < end: pass"
+    with ProcessTreeMonitor(interval=0.05) as monitor:
+        subprocess.run(["sh", "-c", f"{sys.executable} -c '{burn}'; sleep 0.3"], check=True)
+    assert monitor.cpu_seconds >= 0.8
+    assert monitor.peak_rss_bytes > 0
+
+
+def test_steps_to_threshold_is_the_first_full_window_reaching_it():
+    episodes = [(10 * i, float(i), reward) for i, reward in enumerate([1, 1, 5, 5, 5, 1])]
+    assert first_time_solved(episodes, threshold=5, window=3) == (40.0, 4.0)
+    assert first_time_solved(episodes, threshold=6, window=3) != first_time_solved(episodes, threshold=6, window=3)  # NaN
+    assert np.isnan(first_time_solved(episodes[:2], threshold=0, window=3)[0])  # never a full window
+
+
+def test_runs_interleave_the_algorithms_seed_by_seed():
+    runs = plan_runs(["a3c", "a2c", "offpac"], "CartPole-v1", seeds=3, timesteps=10)
+    assert [(run.seed, run.algo) for run in runs] == [
+        (0, "a3c"), (0, "a2c"), (0, "offpac"),
+        (1, "a2c"), (1, "offpac"), (1, "a3c"),
+        (2, "offpac"), (2, "a3c"), (2, "a2c"),
+    ]  # fmt: skip
+    assert all(run.threshold == 475 for run in runs)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (dict(algos=["a3c", "a4c"]), r"unknown algo\(s\) \['a4c'\]"),
+        (dict(env_id="CartPole-v9"), "unknown env 'CartPole-v9'"),
+        (dict(seeds=0), "seeds must be an integer >= 1"),
+        (dict(algos=["a2c"], scaling=[1, 2]), "a scaling sweep varies n_workers"),
+    ],
+)
+def test_bad_input_is_refused_before_any_training(args, message):
+    kwargs = dict(algos=["a3c", "a2c"], env_id="CartPole-v1", seeds=2, timesteps=1000) | args
+    with pytest.raises(ValueError, match=message):
+        validate(**kwargs)
+
+
+def test_cli_reports_bad_input_as_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--env", "CartPole-v1", "--algos", "a4c", "--seeds", "1", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "unknown algo(s) ['a4c']" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing written
