@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test bench bench-offpac clean
+.PHONY: demo test bench bench-offpac results clean
 
 .venv-demo/.done: setup.py
 	$(PYTHON) -m venv .venv-demo
@@ -30,6 +30,13 @@ bench: .venv-test/.done
 
 bench-offpac: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python offpac_vs_a3c.py --seeds 5 --budget 300000 --behaviour-budget 100000
+
+# docs/results.md: A3C vs SB3 A2C vs OffPolicyAC, 5 seeds, rl-zoo settings (about 90 minutes on 2 cores).
+results: .venv-test/.done
+	for env in CartPole-v1 Acrobot-v1 LunarLander-v3 Pendulum-v1; do \
+		.venv-test/bin/python -m sb3_async.compare --env $$env --algos a3c a2c offpac --seeds 5 --timesteps 300000 --out docs/results/$$env || exit 1; \
+	done
+	.venv-test/bin/python -m sb3_async.compare --env CartPole-v1 --algos a3c --scaling 1 2 --envs-per-worker 4 --seeds 3 --timesteps 300000 --out docs/results/scaling
 
 clean:
 	rm -rf .venv-demo .venv-test

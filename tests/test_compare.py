@@ -11,7 +11,7 @@ import pytest
 from sb3_async.compare import plan_runs, validate
 from sb3_async.compare.__main__ import main
 from sb3_async.compare.measure import ProcessTreeMonitor, first_time_solved
-from sb3_async.compare.report import summary_table
+from sb3_async.compare.report import plot_scaling, summary_table
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +102,17 @@ def test_cli_reports_bad_input_as_a_usage_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "unknown algo(s) ['a4c']" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_a_scaling_sweep_runs_each_worker_count_and_plots_against_the_ideal(tmp_path):
+    runs = plan_runs(["a3c"], "CartPole-v1", seeds=2, timesteps=10, scaling=[1, 2, 4], envs_per_worker=4)
+    assert [(run.seed, run.n_workers) for run in runs] == [(0, 1), (0, 2), (0, 4), (1, 2), (1, 4), (1, 1)]
+    assert {run.label for run in runs} == {"a3c x1", "a3c x2", "a3c x4"}
+    table = pd.DataFrame(
+        [
+            {"algo": "a3c", "n_workers": n, "fps": 1000.0 * n ** 0.8, "seconds_to_threshold": 60.0 / n ** 0.7}
+            for n in (1, 2, 4)
+        ]
+    )
+    plot_scaling(table, tmp_path / "scaling.png", "test")
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"

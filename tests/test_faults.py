@@ -100,52 +100,66 @@ def _process_group_members(group: int) -> list[int]:
     return members
 
 
-@pytest.mark.parametrize("when", ["while_workers_start", "while_training"])
-def test_ctrl_c_stops_every_worker_and_leaves_nothing_behind(tmp_path, when):
+_TRAINING_SCRIPT = """
+import sys
+from stable_baselines3.common.callbacks import BaseCallback
+from sb3_async import A3C
+
+class Announce(BaseCallback):
+    def _on_training_start(self):
+        if sys.argv[1] == "while_workers_start":
+            print("ready", flush=True)
+    def _on_step(self):
+        if sys.argv[1] == "while_training" and self.n_calls == 200:
+            print("ready", flush=True)
+        return True
+
+if __name__ == "__main__":
+    try:
+        A3C("MlpPolicy", "CartPole-v1", n_workers=2, device="cpu").learn(10_000_000, callback=Announce())
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(3)
+"""
+
+
+def _signal_training_and_check_nothing_is_left(tmp_path, when: str, send_signal, expected_exit: int, expected_output: str) -> None:
     script = tmp_path / "train.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import sys
-            from stable_baselines3.common.callbacks import BaseCallback
-            from sb3_async import A3C
-
-            class Announce(BaseCallback):
-                def _on_training_start(self):
-                    if sys.argv[1] == "while_workers_start":
-                        print("ready", flush=True)
-                def _on_step(self):
-                    if sys.argv[1] == "while_training" and self.n_calls == 200:
-                        print("ready", flush=True)
-                    return True
-
-            if __name__ == "__main__":
-                try:
-                    A3C("MlpPolicy", "CartPole-v1", n_workers=2, device="cpu").learn(10_000_000, callback=Announce())
-                except KeyboardInterrupt:
-                    print("interrupted", flush=True)
-                    sys.exit(3)
-            """
-        )
-    )
+    script.write_text(_TRAINING_SCRIPT)
     shm_before = set(os.listdir("/dev/shm"))
     process = subprocess.Popen(
         [sys.executable, str(script), when], stdout=subprocess.PIPE, text=True, start_new_session=True, cwd=os.getcwd()
     )
     try:
         assert process.stdout.readline().strip() == "ready"
-        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
-        assert process.wait(timeout=30) == 3
-        assert process.stdout.read().strip() == "interrupted"
+        send_signal(process.pid)
+        assert process.wait(timeout=30) == expected_exit
+        assert process.stdout.read().strip() == expected_output
         deadline = time.monotonic() + 5
         while _process_group_members(process.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _process_group_members(process.pid) == []
         assert set(os.listdir("/dev/shm")) - shm_before == set()
     finally:
-        if process.poll() is None:
+        if process.poll() is None or _process_group_members(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.mark.parametrize("when", ["while_workers_start", "while_training"])
+def test_ctrl_c_stops_every_worker_and_leaves_nothing_behind(tmp_path, when):
+    # What a terminal's Ctrl-C does: SIGINT to the whole process group.
+    _signal_training_and_check_nothing_is_left(
+        tmp_path, when, lambda pid: os.killpg(pid, signal.SIGINT), expected_exit=3, expected_output="interrupted"
+    )
+
+
+def test_sigterm_to_the_learner_stops_every_worker_and_leaves_nothing_behind(tmp_path):
+    # What `kill PID` or a job scheduler does: SIGTERM to the learner only. It exits as Python's
+    # default would (128 + 15), but only after stopping its workers and freeing their shared memory.
+    _signal_training_and_check_nothing_is_left(
+        tmp_path, "while_training", lambda pid: os.kill(pid, signal.SIGTERM), expected_exit=143, expected_output=""
+    )
 
 
 def test_workers_exit_if_the_learner_is_killed(tmp_path):

@@ -14,6 +14,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from sb3_async import A3C, OffPolicyAC
 from sb3_async.zoo import AsyncExperimentManager, main
 from sb3_async.zoo.experiment import default_config_path, split_envs
+from tests.conftest import forkserver_children
 
 ALGO_CLASSES = {"a3c": A3C, "offpac": OffPolicyAC}
 # The env each config entry is built for: its own id, an Atari game for "atari", any other env for "default".
@@ -76,8 +77,16 @@ def test_a_config_that_sets_envs_per_worker_is_refused(tmp_path):
         manager.setup_experiment()
 
 
-def test_optimize_records_two_trials_and_leaves_no_process_behind(tmp_path, no_leaks):
+def test_optimize_records_two_trials_and_leaves_no_process_behind(tmp_path, monkeypatch, no_leaks):
     storage = tmp_path / "a3c.log"
+    workers_alive_when_a_trial_starts = []
+    objective = AsyncExperimentManager.objective
+
+    def recording_objective(self, trial):
+        workers_alive_when_a_trial_starts.append(forkserver_children())
+        return objective(self, trial)
+
+    monkeypatch.setattr(AsyncExperimentManager, "objective", recording_objective)
     main(
         ["train", "--algo", "a3c", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "3000",
          "-optimize", "--n-trials", "2", "--n-evaluations", "1", "--eval-episodes", "2",
@@ -86,6 +95,7 @@ def test_optimize_records_two_trials_and_leaves_no_process_behind(tmp_path, no_l
     )  # fmt: skip
     trials = journal_study(storage, "a3c-test").trials
     assert len(trials) == 2
+    assert workers_alive_when_a_trial_starts == [[], []]  # trial 0's workers were gone before trial 1
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(np.isfinite(trial.value) and trial.value > 0 for trial in trials)
     assert {"n_workers", "learning_rate", "n_steps", "one_minus_gae_lambda"} <= set(trials[0].params)

@@ -1,8 +1,12 @@
 """The learner loop shared by the asynchronous algorithms (mixed into SB3's base algorithm classes)."""
 
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +34,27 @@ def default_n_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+@contextmanager
+def sigterm_raises_system_exit() -> Iterator[None]:
+    """
+    While training, SIGTERM (``kill``, ``pkill``, a job scheduler) raises SystemExit(143) in the
+    learner, so the ``finally`` that stops the workers and frees shared memory runs; Python's
+    default would end the process on the spot. A handler the user installed is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def exit_cleanly(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_cleanly)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class AsyncProgressBarCallback(ProgressBarCallback):
@@ -173,32 +198,33 @@ class AsyncAlgorithmMixin:
         for group in self.policy.optimizer.param_groups:
             if group.get("foreach") is None:
                 group["foreach"] = True  # same update, one kernel per op for all tensors
-        collector = AsyncGradientCollector(self._worker_spec(), self.n_workers, flat_params)
-        callback.on_training_start(locals(), globals())
         window = _LogWindow()
         iteration = 0
         # The learner's ops are tiny; idle intra-op threads would only spin on the workers' cores.
         user_threads = th.get_num_threads()
-        th.set_num_threads(1)
-        try:
-            collector.start()
-            while self.num_timesteps < total_timesteps:
-                report = collector.next_report()
-                self._apply_report(collector, report, flat_params, flat_gradient)
-                window.add(report)
-                self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
-                if not self._run_callbacks(callback, report):
-                    break
-                done_iterations = (self.num_timesteps - self._num_timesteps_at_start) // timesteps_per_iteration
-                if done_iterations > iteration:
-                    iteration = done_iterations
-                    if log_interval is not None and iteration % log_interval == 0:
-                        self._record_async_logs(window, collector)
-                        self._dump_iteration_logs(iteration)
-                        window = _LogWindow(idle_seconds_at_start=collector.idle_seconds)
-        finally:
-            collector.close()
-            th.set_num_threads(user_threads)
+        collector = AsyncGradientCollector(self._worker_spec(), self.n_workers, flat_params)
+        with sigterm_raises_system_exit():
+            try:
+                callback.on_training_start(locals(), globals())
+                th.set_num_threads(1)
+                collector.start()
+                while self.num_timesteps < total_timesteps:
+                    report = collector.next_report()
+                    self._apply_report(collector, report, flat_params, flat_gradient)
+                    window.add(report)
+                    self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+                    if not self._run_callbacks(callback, report):
+                        break
+                    done_iterations = (self.num_timesteps - self._num_timesteps_at_start) // timesteps_per_iteration
+                    if done_iterations > iteration:
+                        iteration = done_iterations
+                        if log_interval is not None and iteration % log_interval == 0:
+                            self._record_async_logs(window, collector)
+                            self._dump_iteration_logs(iteration)
+                            window = _LogWindow(idle_seconds_at_start=collector.idle_seconds)
+            finally:
+                collector.close()
+                th.set_num_threads(user_threads)
         callback.on_training_end()
         return self
 

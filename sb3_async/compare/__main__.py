@@ -1,6 +1,6 @@
 """
 python -m sb3_async.compare --env CartPole-v1 --algos a3c a2c offpac --seeds 5 --timesteps 300000 --out results/
-python -m sb3_async.compare --env CartPole-v1 --algos a3c --scaling 1 2 --seeds 3 --timesteps 200000 --out results/scaling
+python -m sb3_async.compare --env CartPole-v1 --algos a3c --scaling 1 2 --envs-per-worker 4 --seeds 3 --timesteps 200000 --out results/scaling
 """
 
 import argparse
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=100, help="training episodes averaged for the threshold")
     parser.add_argument("--num-threads", type=int, default=1, help="torch threads of each run's main process")
     parser.add_argument("--scaling", type=int, nargs="+", default=None, help="sweep these worker counts (async algos only)")
+    parser.add_argument("--envs-per-worker", type=int, default=None, help="in a scaling sweep, envs per worker (default: as configured)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         validate(args.algos, args.env, args.seeds, args.timesteps, args.scaling)
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = plan_runs(
         args.algos, args.env, args.seeds, args.timesteps, args.scaling,
         threshold=args.threshold, window=args.window, eval_episodes=args.eval_episodes, conf_file=args.conf_file, num_threads=args.num_threads,
+        envs_per_worker=args.envs_per_worker,
     )  # fmt: skip
     results = run_all(runs)
     command = "python -m sb3_async.compare " + shlex.join(sys.argv[1:] if argv is None else argv)

@@ -39,7 +39,8 @@ class RunSpec:
     threshold: float
     window: int = 100
     eval_episodes: int = 20
-    n_workers: int | None = None  # set in a scaling sweep: this many workers, envs_per_worker as configured
+    n_workers: int | None = None  # set in a scaling sweep: this many workers ...
+    envs_per_worker: int | None = None  # ... each with this many envs (default: as configured)
     conf_file: str | None = None
     num_threads: int = 1
 
@@ -127,9 +128,11 @@ def run_one(spec: RunSpec) -> RunResult:
         )  # fmt: skip
         if spec.n_workers is not None:
             # Each worker keeps the configured envs_per_worker; the total grows with the workers.
-            _, base_hyperparams = manager.read_hyperparameters()
-            envs_per_worker = int(base_hyperparams.get("n_envs", 1)) // int(base_hyperparams.get("n_workers", 1))
-            overrides.update(n_workers=spec.n_workers, n_envs=spec.n_workers * max(envs_per_worker, 1))
+            envs_per_worker = spec.envs_per_worker
+            if envs_per_worker is None:
+                _, configured = manager.read_hyperparameters()
+                envs_per_worker = max(int(configured.get("n_envs", 1)) // int(configured.get("n_workers", 1)), 1)
+            overrides.update(n_workers=spec.n_workers, n_envs=spec.n_workers * envs_per_worker)
         model, _ = manager.setup_experiment()
         recorder = EpisodeRecorder()
         try:
