@@ -1,6 +1,5 @@
 """sb3_async.compare: the harness end to end on a tiny budget, and its refusals."""
 
-import re
 import subprocess
 import sys
 
