@@ -115,3 +115,13 @@ def test_a_scaling_sweep_runs_each_worker_count_and_plots_against_the_ideal(tmp_
     )
     plot_scaling(table, tmp_path / "scaling.png", "test")
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_only_redraws_the_same_table_from_the_csvs(tiny_comparison):
+    results = tiny_comparison / "results.md"
+    before = results.read_text()
+    results.unlink()
+    (tiny_comparison / "curves_steps.png").unlink()
+    main(["--env", "CartPole-v1", "--out", str(tiny_comparison), "--report-only"])
+    assert results.read_text() == before  # same command line, same table (the bootstrap is seeded)
+    assert (tiny_comparison / "curves_steps.png").exists()

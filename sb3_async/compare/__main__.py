@@ -8,8 +8,10 @@ import shlex
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from sb3_async.compare.harness import plan_runs, run_all, validate
-from sb3_async.compare.report import write_report
+from sb3_async.compare.report import write_report, write_report_from_csvs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +28,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-threads", type=int, default=1, help="torch threads of each run's main process")
     parser.add_argument("--scaling", type=int, nargs="+", default=None, help="sweep these worker counts (async algos only)")
     parser.add_argument("--envs-per-worker", type=int, default=None, help="in a scaling sweep, envs per worker (default: as configured)")
+    parser.add_argument("--report-only", action="store_true", help="redraw results.md and the plots from --out's CSVs, without training")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    command = "python -m sb3_async.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.report_only:
+        runs, curves = pd.read_csv(args.out / "runs.csv"), pd.read_csv(args.out / "curves.csv")
+        # The command that trained these runs, not this one.
+        print(write_report_from_csvs(runs, curves, args.out, (args.out / "command.txt").read_text().strip()))
+        return
     try:
         validate(args.algos, args.env, args.seeds, args.timesteps, args.scaling)
     except ValueError as error:
@@ -37,7 +46,6 @@ def main(argv: list[str] | None = None) -> None:
         envs_per_worker=args.envs_per_worker,
     )  # fmt: skip
     results = run_all(runs)
-    command = "python -m sb3_async.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
     print(write_report(results, args.out, command))
     print(f"\nWrote {args.out}/runs.csv, curves.csv, results.md and plots.")
 

@@ -7,6 +7,7 @@ Aggregates across seeds use rliable: the interquartile mean (IQM) with a 95% str
 confidence interval, as Agarwal et al. (2021) recommend for few runs.
 """
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,7 @@ from scipy import stats  # noqa: E402
 from sb3_async.compare.harness import RunResult  # noqa: E402
 
 BOOTSTRAP_REPS = 2000
+BOOTSTRAP_SEED = 0
 CURVE_POINTS = 60
 CURVE_SMOOTHING = 20  # episodes in the rolling mean of a learning curve
 
@@ -48,7 +50,13 @@ def iqm_with_ci(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # rliable's aggregate_iqm (a 25%-trimmed mean over runs and tasks), for every point at once.
         return stats.trim_mean(matrix.reshape(-1, matrix.shape[-1]), proportiontocut=0.25, axis=0)
 
-    estimates, intervals = rly.get_interval_estimates(score_dict, iqm, reps=BOOTSTRAP_REPS)
+    # A seeded bootstrap: the same CSV always gives the same intervals. rliable hands random_state
+    # to arch, which warns that it prefers a Generator; rliable offers no other way to seed it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+        estimates, intervals = rly.get_interval_estimates(
+            score_dict, iqm, reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(BOOTSTRAP_SEED)
+        )
     return estimates["x"], intervals["x"]
 
 
@@ -82,19 +90,22 @@ def summary_table(runs: pd.DataFrame) -> str:
 
 
 def _curve_on_grid(episodes: pd.DataFrame, axis: str, grid: np.ndarray) -> np.ndarray:
-    """The run's smoothed episode return, as a step function of ``axis``, read at ``grid`` (NaN before its first episode)."""
+    """
+    The run's smoothed episode return, as a step function of ``axis``, read at ``grid``: NaN before
+    its first episode and after its last, so a run is never extended past its own end.
+    """
     smoothed = episodes["episode_reward"].rolling(CURVE_SMOOTHING, min_periods=1).mean().to_numpy()
     positions = np.searchsorted(episodes[axis].to_numpy(), grid, side="right") - 1
-    return np.where(positions >= 0, smoothed[np.clip(positions, 0, None)], np.nan)
+    inside = (positions >= 0) & (grid <= episodes[axis].iloc[-1])
+    return np.where(inside, smoothed[np.clip(positions, 0, None)], np.nan)
 
 
 def plot_curves(curves: pd.DataFrame, axis: str, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    end = curves.groupby(["label", "seed"])[axis].max().min()  # every run reaches it
-    grid = np.linspace(0, end, CURVE_POINTS)[1:]
+    grid = np.linspace(0, curves[axis].max(), CURVE_POINTS)[1:]
     for label, runs in curves.groupby("label", sort=False):
         matrix = np.stack([_curve_on_grid(run, axis, grid) for _, run in runs.groupby("seed")])
-        valid = ~np.isnan(matrix).any(axis=0)  # once every seed has finished an episode
+        valid = ~np.isnan(matrix).any(axis=0)  # where every seed has data
         if not valid.any():
             continue
         estimate, interval = iqm_with_ci(matrix[:, valid])
@@ -134,7 +145,13 @@ def plot_scaling(runs: pd.DataFrame, path: Path, title: str) -> None:
 def write_report(results: list[RunResult], out: Path, command: str) -> str:
     out.mkdir(parents=True, exist_ok=True)
     runs, curves = write_csvs(results, out)
-    spec = results[0].spec
+    (out / "command.txt").write_text(command + "\n")
+    return write_report_from_csvs(runs, curves, out, command)
+
+
+def write_report_from_csvs(runs: pd.DataFrame, curves: pd.DataFrame, out: Path, command: str) -> str:
+    """results.md and the plots from the two CSVs (``--report-only`` redraws them without training)."""
+    spec = runs.iloc[0]
     title = f"{spec.env_id}, {spec.timesteps:,} steps"
     plot_curves(curves, "step", out / "curves_steps.png", title)
     plot_curves(curves, "seconds", out / "curves_time.png", title)
