@@ -1,9 +1,11 @@
 """Asynchronous actor-critic algorithms for Stable-Baselines3."""
 
 from sb3_async.a3c import A3C
+from sb3_async.async_q import AsyncQLearning
+from sb3_async.async_sarsa import AsyncSARSA
 from sb3_async.common.collector import WorkerError
 from sb3_async.offpac import OffPolicyAC
 
 __version__ = "0.1.0"
 
-__all__ = ["A3C", "OffPolicyAC", "WorkerError", "__version__"]
+__all__ = ["A3C", "AsyncQLearning", "AsyncSARSA", "OffPolicyAC", "WorkerError", "__version__"]

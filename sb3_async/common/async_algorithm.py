@@ -15,6 +15,7 @@ from gymnasium import spaces
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -229,8 +230,15 @@ class AsyncAlgorithmMixin:
         return self
 
     def _dump_iteration_logs(self, iteration: int) -> None:
-        """SB3's ``dump_logs`` for the base class: on-policy algorithms take the iteration."""
-        self.dump_logs(iteration)  # type: ignore[attr-defined]
+        """SB3's ``dump_logs`` of the base class: on-policy algorithms take the iteration, off-policy ones do not."""
+        if isinstance(self, OnPolicyAlgorithm):
+            self.dump_logs(iteration)
+        else:
+            self.logger.record("time/iterations", iteration, exclude="tensorboard")
+            self.dump_logs()  # type: ignore[attr-defined]
+
+    def _after_gradient_step(self, report: GradientReport) -> None:
+        """Called after each applied gradient, before the new parameters are published (e.g. to refresh a target network)."""
 
     def _apply_report(
         self, collector: AsyncGradientCollector, report: GradientReport, flat_params: th.Tensor, flat_gradient: th.Tensor
@@ -244,6 +252,7 @@ class AsyncAlgorithmMixin:
                 flat_gradient.mul_(min(1.0, self.max_grad_norm / (gradient_norm + 1e-6)))
             self._update_learning_rate(self.policy.optimizer)
             self.policy.optimizer.step()
+            self._after_gradient_step(report)
             collector.publish(flat_params)
             self._n_updates += 1
             if report.normalization is not None and self._vec_normalize_env is not None:
@@ -251,7 +260,7 @@ class AsyncAlgorithmMixin:
         else:
             # A dropped update contributes nothing, not even its normalization statistics.
             self.dropped_updates += 1
-        collector.release(report.worker_id, self._normalization_statistics())
+        collector.release(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
 
     def _run_callbacks(self, callback: BaseCallback, report: GradientReport) -> bool:
         """

@@ -8,7 +8,7 @@ no barrier between workers::
 
     learner (main process)                               worker k  (K processes)
     ----------------------                               -----------------------
-    release(k) -------- "go" (+ VecNormalize stats) ---> wait for "go"
+    release(k) -- "go" (+ VecNormalize stats, progress) --> wait for "go"
                                                          copy the newest parameters  <--- params (shm)
                                                          WorkerLogic.compute_loss():
                                                              n_steps in its own envs -> loss
@@ -77,6 +77,9 @@ class WorkerLogic(ABC):
         self.env = env
         self.policy = policy
         self.worker_id = worker_id
+        # The learner's training progress (1 at the start, 0 at the end), as of the last "go":
+        # what SB3's schedules (e.g. DQN's exploration rate) take.
+        self.progress_remaining = 1.0
 
     @abstractmethod
     def compute_loss(self) -> tuple[th.Tensor, Segment]:
@@ -128,6 +131,7 @@ class _Failure:
 @dataclass
 class _Go:
     normalization: NormalizationStatistics | None = None
+    progress_remaining: float = 1.0
 
 
 _STOP = None
@@ -228,6 +232,7 @@ def _worker_main(
                 break
             if go.normalization is not None and vec_normalize is not None:
                 vec_normalize.load_learner_statistics(go.normalization)
+            logic.progress_remaining = go.progress_remaining
             with shared.params_lock:
                 local_params.copy_(shared.params)
                 params_version = int(shared.params_version.item())
@@ -340,9 +345,11 @@ class AsyncGradientCollector:
             self.version += 1
             self._shared.params_version.fill_(self.version)
 
-    def release(self, worker_id: int, normalization: NormalizationStatistics | None = None) -> None:
+    def release(
+        self, worker_id: int, normalization: NormalizationStatistics | None = None, progress_remaining: float = 1.0
+    ) -> None:
         """Let worker ``worker_id`` copy the newest parameters and go on."""
-        self._go_senders[worker_id].send(_Go(normalization))
+        self._go_senders[worker_id].send(_Go(normalization, progress_remaining))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop every worker (politely, then by force) and free every resource. Idempotent."""

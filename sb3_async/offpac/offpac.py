@@ -209,10 +209,6 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
             replay_trajectories=max(1, self.batch_size // self.n_steps),
         )
 
-    def _dump_iteration_logs(self, iteration: int) -> None:
-        self.logger.record("time/iterations", iteration, exclude="tensorboard")
-        self.dump_logs()
-
     def train(self, gradient_steps: int = 1, batch_size: int = 100) -> None:
         raise NotImplementedError("OffPolicyAC trains in learn(): the learner applies each worker's gradient as it arrives")
 
