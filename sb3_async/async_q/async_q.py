@@ -14,6 +14,10 @@ from sb3_async.common.collector import GradientReport
 
 SelfAsyncQLearning = TypeVar("SelfAsyncQLearning", bound="AsyncQLearning")
 
+# Mnih et al. 2016, section 8: each thread's final epsilon, and how likely it is.
+PAPER_FINAL_EPS = (0.1, 0.01, 0.5)
+PAPER_FINAL_EPS_PROBS = (0.4, 0.3, 0.3)
+
 
 class AsyncQLearning(AsyncAlgorithmMixin, DQN):
     """
@@ -46,8 +50,8 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
     :param exploration_initial_eps: initial value of random action probability
     :param exploration_final_eps: final value of random action probability: one value for every
         worker, or the values each worker draws its own from
-    :param exploration_final_eps_probs: the probability of each of ``exploration_final_eps``
-        (default: uniform over them)
+    :param exploration_final_eps_probs: the probability of each of ``exploration_final_eps``.
+        Default: the paper's (0.4, 0.3, 0.3) for its (0.1, 0.01, 0.5), else uniform.
     :param max_grad_norm: The maximum value for the gradient clipping (applied by the learner)
     :param use_rms_prop: Whether to use RMSprop (default, the paper's shared RMSprop) or Adam as optimizer
     :param rms_prop_eps: RMSProp epsilon. It stabilizes square root computation in denominator
@@ -80,8 +84,8 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         target_update_interval: int = 10_000,
         exploration_fraction: float = 0.1,
         exploration_initial_eps: float = 1.0,
-        exploration_final_eps: float | Sequence[float] = (0.1, 0.01, 0.5),
-        exploration_final_eps_probs: Sequence[float] | None = (0.4, 0.3, 0.3),
+        exploration_final_eps: float | Sequence[float] = PAPER_FINAL_EPS,
+        exploration_final_eps_probs: Sequence[float] | None = None,
         max_grad_norm: float = 10,
         use_rms_prop: bool = True,
         rms_prop_eps: float = 1e-5,
@@ -216,8 +220,8 @@ def _check_exploration(
     finals = (float(final_eps),) if np.isscalar(final_eps) else tuple(float(eps) for eps in final_eps)  # type: ignore[union-attr]
     if not finals or not all(0 <= eps <= 1 for eps in (initial_eps, *finals)):
         raise ValueError(f"exploration rates must lie in [0, 1], got initial {initial_eps!r} and final {final_eps!r}")
-    if final_eps_probs is None or np.isscalar(final_eps):
-        return finals, tuple(1 / len(finals) for _ in finals)
+    if final_eps_probs is None:
+        return finals, PAPER_FINAL_EPS_PROBS if finals == PAPER_FINAL_EPS else tuple(1 / len(finals) for _ in finals)
     probs = tuple(float(p) for p in final_eps_probs)
     if len(probs) != len(finals) or min(probs) < 0 or not np.isclose(sum(probs), 1.0):
         raise ValueError(
