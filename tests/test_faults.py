@@ -12,7 +12,7 @@ import pytest
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_async import A3C, OffPolicyAC, WorkerError
+from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC, WorkerError
 from tests.conftest import forkserver_children
 from tests.envs import NaNRewardEnv, RaisingEnv
 
@@ -20,8 +20,11 @@ FAST = dict(n_workers=2, n_steps=5, seed=0, device="cpu")
 ALGORITHMS = {
     "a3c": functools.partial(A3C, "MlpPolicy", **FAST),
     "offpac": functools.partial(OffPolicyAC, "MlpPolicy", learning_starts=20, batch_size=10, **FAST),
+    # Segments of 5 steps, as the others'.
+    "async_q": functools.partial(AsyncQLearning, "MlpPolicy", train_freq=5, **FAST),
+    "async_sarsa": functools.partial(AsyncSARSA, "MlpPolicy", train_freq=5, **FAST),
 }
-both_algorithms = pytest.mark.parametrize("make_model", ALGORITHMS.values(), ids=ALGORITHMS.keys())
+every_algorithm = pytest.mark.parametrize("make_model", ALGORITHMS.values(), ids=ALGORITHMS.keys())
 
 
 class KillAWorker(BaseCallback):
@@ -44,7 +47,7 @@ class RaiseInCallback(BaseCallback):
         return True
 
 
-@both_algorithms
+@every_algorithm
 def test_sigkill_of_a_worker_is_reported_and_everything_stops(make_model, no_leaks):
     model = make_model("CartPole-v1")
     killer = KillAWorker(at_call=50)
@@ -55,7 +58,7 @@ def test_sigkill_of_a_worker_is_reported_and_everything_stops(make_model, no_lea
     assert error.value.worker_id in (0, 1)
 
 
-@both_algorithms
+@every_algorithm
 def test_env_that_raises_is_reported_with_the_workers_traceback(make_model, no_leaks):
     model = make_model(lambda: RaisingEnv(fail_after=30))
     with pytest.raises(WorkerError, match="raised an exception") as error:
@@ -64,14 +67,14 @@ def test_env_that_raises_is_reported_with_the_workers_traceback(make_model, no_l
     assert "tests/envs.py" in error.value.worker_traceback
 
 
-@both_algorithms
+@every_algorithm
 def test_exception_in_a_callback_stops_every_worker(make_model, no_leaks):
     model = make_model("CartPole-v1")
     with pytest.raises(KeyError, match="callback failed on purpose"):
         model.learn(100_000, callback=RaiseInCallback())
 
 
-@both_algorithms
+@every_algorithm
 def test_non_finite_gradient_is_dropped_and_counted(make_model, no_leaks):
     model = make_model(lambda: NaNRewardEnv(nan_at=30))
     model.learn(500)
@@ -80,10 +83,10 @@ def test_non_finite_gradient_is_dropped_and_counted(make_model, no_leaks):
     for param in model.policy.parameters():
         assert th.isfinite(param).all()
     fresh_updates = model.num_timesteps / 5 - 2
-    if isinstance(model, A3C):
-        assert model._n_updates == pytest.approx(fresh_updates, abs=2)
-    else:  # plus about one replay per fresh segment, once 10 steps are stored in each worker
+    if isinstance(model, OffPolicyAC):  # plus about one replay per fresh segment, once 10 steps are stored in each worker
         assert model._n_updates == pytest.approx(2 * fresh_updates - 4, abs=4)
+    else:
+        assert model._n_updates == pytest.approx(fresh_updates, abs=2)
 
 
 def _process_group_members(group: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""sb3_async.zoo: A3C and OffPolicyAC through rl-zoo3's own train / optimize / enjoy scripts."""
+"""sb3_async.zoo: sb3_async's algorithms through rl-zoo3's own train / optimize / enjoy scripts."""
 
 import argparse
 import pickle
@@ -11,12 +11,12 @@ import pytest
 import yaml
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_async import A3C, OffPolicyAC
+from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
 from sb3_async.zoo import AsyncExperimentManager, main
 from sb3_async.zoo.experiment import default_config_path, split_envs
 from tests.conftest import forkserver_children
 
-ALGO_CLASSES = {"a3c": A3C, "offpac": OffPolicyAC}
+ALGO_CLASSES = {"a3c": A3C, "offpac": OffPolicyAC, "async_q": AsyncQLearning, "async_sarsa": AsyncSARSA}
 # The env each config entry is built for: its own id, an Atari game for "atari", any other env for "default".
 ENTRY_ENV = {"atari": "PongNoFrameskip-v4", "default": "MountainCar-v0"}
 
@@ -32,9 +32,11 @@ def journal_study(path: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def test_every_required_env_has_an_entry_in_both_configs():
-    required = {"CartPole-v1", "Acrobot-v1", "LunarLander-v3", "Pendulum-v1", "MountainCarContinuous-v0", "default", "atari"}
+def test_every_required_env_has_an_entry_in_every_config():
+    discrete = {"CartPole-v1", "Acrobot-v1", "LunarLander-v3", "default", "atari"}
     for algo in ALGO_CLASSES:
+        # The Q-learning methods act in Discrete spaces only.
+        required = discrete if algo.startswith("async_") else discrete | {"Pendulum-v1", "MountainCarContinuous-v0"}
         assert required <= set(yaml.safe_load(default_config_path(algo).read_text())), algo
 
 
@@ -77,8 +79,13 @@ def test_a_config_that_sets_envs_per_worker_is_refused(tmp_path):
         manager.setup_experiment()
 
 
-def test_optimize_records_two_trials_and_leaves_no_process_behind(tmp_path, monkeypatch, no_leaks):
-    storage = tmp_path / "a3c.log"
+@pytest.mark.parametrize(
+    "algo, sampled",
+    [("a3c", {"n_workers", "learning_rate", "n_steps", "one_minus_gae_lambda"}),
+     ("async_q", {"n_workers", "learning_rate", "n_steps", "train_freq", "target_update_interval", "exploration_fraction"})],
+)  # fmt: skip
+def test_optimize_records_two_trials_and_leaves_no_process_behind(algo, sampled, tmp_path, monkeypatch, no_leaks):
+    storage = tmp_path / f"{algo}.log"
     workers_alive_when_a_trial_starts = []
     objective = AsyncExperimentManager.objective
 
@@ -88,17 +95,17 @@ def test_optimize_records_two_trials_and_leaves_no_process_behind(tmp_path, monk
 
     monkeypatch.setattr(AsyncExperimentManager, "objective", recording_objective)
     main(
-        ["train", "--algo", "a3c", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "3000",
+        ["train", "--algo", algo, "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "-n", "3000",
          "-optimize", "--n-trials", "2", "--n-evaluations", "1", "--eval-episodes", "2",
-         "--sampler", "random", "--pruner", "median", "--storage", str(storage), "--study-name", "a3c-test",
+         "--sampler", "random", "--pruner", "median", "--storage", str(storage), "--study-name", f"{algo}-test",
          "--no-optim-plots", "--seed", "3"]
     )  # fmt: skip
-    trials = journal_study(storage, "a3c-test").trials
+    trials = journal_study(storage, f"{algo}-test").trials
     assert len(trials) == 2
     assert workers_alive_when_a_trial_starts == [[], []]  # trial 0's workers were gone before trial 1
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(np.isfinite(trial.value) and trial.value > 0 for trial in trials)
-    assert {"n_workers", "learning_rate", "n_steps", "one_minus_gae_lambda"} <= set(trials[0].params)
+    assert sampled <= set(trials[0].params)
 
 
 def test_a_trial_whose_worker_crashes_is_pruned_and_the_study_goes_on(tmp_path, capsys, no_leaks):

@@ -1,4 +1,4 @@
-"""``python -m sb3_async.zoo <script> [rl-zoo3 flags]``: rl-zoo3's scripts, with a3c and offpac registered."""
+"""``python -m sb3_async.zoo <script> [rl-zoo3 flags]``: rl-zoo3's scripts, with sb3_async's algorithms registered."""
 
 import sys
 from unittest import mock

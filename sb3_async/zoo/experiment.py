@@ -28,22 +28,22 @@ from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
 from rl_zoo3.utils import ALGOS
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_async import A3C, OffPolicyAC
+from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
 from sb3_async.common.async_algorithm import default_n_workers
 from sb3_async.common.collector import WorkerError
 from sb3_async.common.envs import RECIPE_ATTRIBUTE, VecEnvRecipe
 from sb3_async.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
 
-ASYNC_ALGOS = ("a3c", "offpac")
+ASYNC_ALGOS = {"a3c": A3C, "offpac": OffPolicyAC, "async_q": AsyncQLearning, "async_sarsa": AsyncSARSA}
 
 
 def register() -> None:
     """
-    Add ``a3c`` and ``offpac`` to rl-zoo3's algorithm, sampler and converter tables. rl-zoo3 has no
+    Add ``a3c``, ``offpac``, ``async_q`` and ``async_sarsa`` to rl-zoo3's algorithm, sampler and converter tables. rl-zoo3 has no
     plugin entry point; its scripts read these tables when they build their parsers, so this must
     run before them (``sb3_async.zoo.main`` and :class:`AsyncExperimentManager` do it).
     """
-    ALGOS.update(a3c=A3C, offpac=OffPolicyAC)
+    ALGOS.update(ASYNC_ALGOS)
     HYPERPARAMS_SAMPLER.update(SAMPLERS)
     HYPERPARAMS_CONVERTER.update(CONVERTERS)
 
@@ -65,7 +65,7 @@ def split_envs(n_envs: int, n_workers: int | None) -> tuple[int, int]:
 
 
 class AsyncExperimentManager(ExperimentManager):
-    """:class:`rl_zoo3.exp_manager.ExperimentManager` for A3C and OffPolicyAC too (see the module docstring)."""
+    """:class:`rl_zoo3.exp_manager.ExperimentManager` for sb3_async's algorithms too (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         register()

@@ -21,6 +21,8 @@ NET_ARCH = {
     "small": dict(pi=[64, 64], vf=[64, 64]),
     "medium": dict(pi=[256, 256], vf=[256, 256]),
 }
+# SB3's DQN policies take one list of layer sizes for the Q-network.
+Q_NET_ARCH = {"tiny": [64], "small": [64, 64], "medium": [256, 256]}
 ACTIVATION_FN = {"tanh": nn.Tanh, "relu": nn.ReLU}
 N_WORKERS_CHOICES = (1, 2, 4, 8)
 
@@ -96,5 +98,42 @@ def sample_offpac_params(trial: optuna.Trial, n_actions: int, n_envs: int, addit
     return {**convert_offpac_params(params), "envs_per_worker": n_envs // params["n_workers"]}
 
 
-SAMPLERS = {"a3c": sample_a3c_params, "offpac": sample_offpac_params}
-CONVERTERS = {"a3c": convert_a3c_params, "offpac": convert_offpac_params}
+def convert_async_q_params(params: dict[str, Any]) -> dict[str, Any]:
+    """AsyncQLearning / AsyncSARSA keyword arguments from a trial's ``params``."""
+    hyperparams = dict(params)
+    hyperparams["gamma"] = 1 - hyperparams.pop("one_minus_gamma")
+    # A target cannot look past its segment: n_steps is at most train_freq (the paper's n-step Q).
+    hyperparams["n_steps"] = min(hyperparams["n_steps"], hyperparams["train_freq"])
+    if "net_arch" in hyperparams:
+        hyperparams["policy_kwargs"] = dict(net_arch=Q_NET_ARCH[hyperparams.pop("net_arch")])
+    return hyperparams
+
+
+def sample_async_q_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    Sampler for AsyncQLearning and AsyncSARSA: segment length, return length, gamma, lr, target
+    refresh, exploration schedule, gradient clipping, network, workers. The workers' final epsilons
+    keep the paper's set and probabilities.
+    """
+    params = {
+        "train_freq": trial.suggest_categorical("train_freq", [4, 5, 8, 16, 32]),
+        "n_steps": trial.suggest_categorical("n_steps", [1, 2, 4, 8, 16, 32]),
+        "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 0.003, log=True),
+        "target_update_interval": trial.suggest_int("target_update_interval", 100, 20_000, log=True),
+        "exploration_fraction": trial.suggest_float("exploration_fraction", 0.05, 0.5),
+        "max_grad_norm": trial.suggest_float("max_grad_norm", 0.3, 10.0, log=True),
+        "net_arch": trial.suggest_categorical("net_arch", list(Q_NET_ARCH)),
+        "n_workers": _sample_n_workers(trial, n_envs),
+    }
+    trial.set_user_attr("gamma", 1 - params["one_minus_gamma"])
+    return {**convert_async_q_params(params), "envs_per_worker": n_envs // params["n_workers"]}
+
+
+SAMPLERS = {"a3c": sample_a3c_params, "offpac": sample_offpac_params, "async_q": sample_async_q_params, "async_sarsa": sample_async_q_params}
+CONVERTERS = {
+    "a3c": convert_a3c_params,
+    "offpac": convert_offpac_params,
+    "async_q": convert_async_q_params,
+    "async_sarsa": convert_async_q_params,
+}
