@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test bench bench-offpac results clean
+.PHONY: demo test bench bench-offpac bench-async-q results clean
 
 .venv-demo/.done: setup.py
 	$(PYTHON) -m venv .venv-demo
@@ -30,6 +30,10 @@ bench: .venv-test/.done
 
 bench-offpac: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python offpac_vs_a3c.py --seeds 5 --budget 300000 --behaviour-budget 100000
+
+# docs/async_q.md: the paper's Table 2 in spirit (time to solve CartPole-v1 with 1 and 2 workers, vs SB3 DQN).
+bench-async-q: .venv-test/.done
+	cd benchmarks && ../.venv-test/bin/python async_q_speedup.py --seeds 3 --workers 1 2
 
 # docs/results.md: A3C vs SB3 A2C vs OffPolicyAC, 5 seeds, rl-zoo settings (about 90 minutes on 2 cores).
 results: .venv-test/.done

@@ -130,15 +130,8 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
             )
         except AssertionError as error:  # SB3 checks the action space with an assert
             raise ValueError(str(error)) from error
-        self._check_observation_space_and_use_rms_prop(use_rms_prop, rms_prop_eps)
         self.normalize_advantage = normalize_advantage
-        self.n_envs = self.n_workers * self.envs_per_worker
-
-        if self.env is not None:
-            self._worker_env_factory()  # fail now, not in the workers, if they cannot build this env
-
-        if _init_setup_model:
-            self._setup_model()
+        self._finish_init(use_rms_prop, rms_prop_eps, _init_setup_model)
 
     def _setup_model(self) -> None:
         # No rollout buffer here: each worker keeps its own (see A3CWorker).

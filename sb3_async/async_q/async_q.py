@@ -135,15 +135,8 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
             )
         except AssertionError as error:  # SB3 checks the action space with an assert
             raise ValueError(f"{type(self).__name__}: {error}") from error
-        self._check_observation_space_and_use_rms_prop(use_rms_prop, rms_prop_eps)
         self.exploration_final_eps_probs = final_eps_probs
-        self.n_envs = self.n_workers * self.envs_per_worker
-
-        if self.env is not None:
-            self._worker_env_factory()  # fail now, not in the workers, if they cannot build this env
-
-        if _init_setup_model:
-            self._setup_model()
+        self._finish_init(use_rms_prop, rms_prop_eps, _init_setup_model)
 
     def _setup_model(self) -> None:
         # No replay buffer: the workers' fresh segments take its place.
@@ -157,6 +150,13 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         self._steps_since_target_update = 0
         self.target_updates = 0
         self._worker_exploration_rates: dict[int, float] = {}
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        self._worker_exploration_rates = {}  # this learn()'s workers only
+        return super()._setup_learn(*args, **kwargs)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_worker_exploration_rates"]
 
     def worker_exploration_schedules(self) -> list[LinearSchedule]:
         """Each worker's epsilon schedule, its final value drawn with ``seed`` (new draws on each ``learn()``)."""

@@ -102,11 +102,12 @@ class AsyncAlgorithmMixin:
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
-    def _check_observation_space_and_use_rms_prop(self, use_rms_prop: bool, rms_prop_eps: float) -> None:
+    def _finish_init(self, use_rms_prop: bool, rms_prop_eps: float, init_setup_model: bool) -> None:
         """
-        The end of every constructor: refuse observation spaces SB3's policies cannot read, and make
+        The end of every constructor: refuse observation spaces SB3's policies cannot read; make
         RMSprop (the paper's optimizer, shared by all workers at the learner) the policy's optimizer
-        unless the user chose one.
+        unless the user chose one; check now, not in the workers, that they can build their envs
+        (and whatever else :meth:`_check_worker_setup` checks); build the model.
         """
         supported = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict)
         if self.env is not None and not isinstance(self.observation_space, supported):  # type: ignore[attr-defined]
@@ -114,6 +115,15 @@ class AsyncAlgorithmMixin:
         if use_rms_prop and "optimizer_class" not in self.policy_kwargs:  # type: ignore[attr-defined]
             self.policy_kwargs["optimizer_class"] = th.optim.RMSprop  # type: ignore[attr-defined]
             self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)  # type: ignore[attr-defined]
+        self.n_envs = self.n_workers * self.envs_per_worker
+        if self.env is not None:
+            self._worker_env_factory()
+            self._check_worker_setup()
+        if init_setup_model:
+            self._setup_model()  # type: ignore[attr-defined]
+
+    def _check_worker_setup(self) -> None:
+        """Raise ValueError now for an algorithm-specific setting the workers could not use."""
 
     @staticmethod
     def _learner_env(env: Any) -> Any:

@@ -148,27 +148,19 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
             )
         except AssertionError as error:  # SB3 checks the action space with an assert
             raise ValueError(str(error)) from error
-        self._check_observation_space_and_use_rms_prop(use_rms_prop, rms_prop_eps)
         self.rho_bar = rho_bar
         self.c_bar = c_bar
         self.replay_ratio = replay_ratio
         self.ent_coef = ent_coef
         self.vf_coef = vf_coef
         self.max_grad_norm = max_grad_norm
-        self.n_envs = self.n_workers * self.envs_per_worker
         # Of an SB3 model, keep a copy of its policy only: it is what acts, and it saves without the model's env.
         if isinstance(behavior_policy, BaseAlgorithm):
             behavior_policy = behavior_policy.policy
         if isinstance(behavior_policy, BasePolicy):
             behavior_policy = policy_copy_on_cpu(behavior_policy)
         self.behavior_policy = behavior_policy
-
-        if self.env is not None:
-            self._worker_env_factory()  # fail now, not in the workers, if they cannot build this env
-            self._behavior()  # likewise for the behaviour policy
-
-        if _init_setup_model:
-            self._setup_model()
+        self._finish_init(use_rms_prop, rms_prop_eps, _init_setup_model)
 
     def _setup_model(self) -> None:
         # No central replay buffer: each worker keeps its own (see OffPACWorker).
@@ -178,6 +170,9 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
             self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
         )
         self.policy = self.policy.to(self.device)
+
+    def _check_worker_setup(self) -> None:
+        self._behavior()
 
     def _behavior(self) -> BehaviorPolicy:
         """The behaviour policy the workers will use, checked here so that a bad one fails before they start."""
