@@ -134,6 +134,14 @@ def test_save_load_round_trip(algo, tmp_path, no_leaks):
     assert loaded.num_timesteps >= 700
 
 
+def test_there_is_no_replay_buffer_to_save_or_load(tmp_path):
+    model = AsyncSARSA("MlpPolicy", "CartPole-v1", device="cpu")
+    with pytest.raises(NotImplementedError, match="AsyncSARSA has no replay buffer to save"):
+        model.save_replay_buffer(tmp_path / "replay.pkl")
+    with pytest.raises(NotImplementedError, match="no replay buffer to load into"):
+        model.load_replay_buffer(tmp_path / "replay.pkl")
+
+
 def test_predict_explores_with_the_exploration_rate():
     model = AsyncQLearning("MlpPolicy", functools.partial(IdentityEnv, dim=10), device="cpu")
     obs = np.arange(10)

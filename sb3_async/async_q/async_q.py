@@ -1,3 +1,5 @@
+import io
+import pathlib
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -183,6 +185,12 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         # What predict(deterministic=False) uses, as SB3's DQN: here the workers' mean epsilon.
         self._worker_exploration_rates[report.worker_id] = report.segment.stats["rollout/exploration_rate"]
         self.exploration_rate = float(np.mean(list(self._worker_exploration_rates.values())))
+
+    def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no replay buffer to save: its workers learn from fresh segments")
+
+    def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no replay buffer to load into: its workers learn from fresh segments")
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         raise NotImplementedError(f"{type(self).__name__} trains in learn(): the learner applies each worker's gradient as it arrives")
