@@ -161,7 +161,7 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         return [*super()._excluded_save_params(), "_worker_exploration_rates"]
 
     def worker_exploration_schedules(self) -> list[LinearSchedule]:
-        """Each worker's epsilon schedule, its final value drawn with ``seed`` (new draws on each ``learn()``)."""
+        """Each worker's epsilon schedule; the final values are drawn with ``seed``, so a seeded model draws the same ones on every ``learn()``."""
         rng = np.random.default_rng(self.seed)
         finals = rng.choice(self.exploration_final_eps, size=self.n_workers, p=self.exploration_final_eps_probs)
         return [LinearSchedule(self.exploration_initial_eps, float(final), self.exploration_fraction) for final in finals]
