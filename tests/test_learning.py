@@ -3,7 +3,7 @@
 import functools
 
 import pytest
-from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, StopTrainingOnRewardThreshold
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnvBox
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -11,34 +11,56 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
 
-# A random policy scores about -1205 on Pendulum-v1 (20 episodes, measured); A3C reaches about -330 in 150k steps.
-PENDULUM_RANDOM_SCORE = -1205.0
 # A uniformly random policy balances CartPole-v1 for about 22 steps.
 CARTPOLE_RANDOM_SCORE = 22.0
 
 
-def train_until_cartpole_is_solved(model, seed: int, budget: int, eval_every: int = 10_000) -> float:
+class _EvaluationHistory(BaseCallback):
+    """Called by EvalCallback after each evaluation: keeps its mean, so a failure shows the whole curve."""
+
+    def __init__(self):
+        super().__init__()
+        self.means: list[float] = []
+
+    def _on_step(self) -> bool:
+        self.means.append(round(float(self.parent.last_mean_reward), 1))
+        return True
+
+
+def assert_training_reaches(model, eval_env, threshold: float, budget: int, eval_every: int, n_eval_episodes: int) -> None:
     """
-    Train, evaluating the deterministic policy on 20 new episodes every ``eval_every`` steps, until one
-    evaluation averages 475 or the budget is spent; return the best evaluation. Each evaluation
-    plays episodes it has not played before, so the score is a real 20-episode mean, not a re-run.
+    Train, evaluating the deterministic policy on ``n_eval_episodes`` new episodes every ``eval_every``
+    steps, until one evaluation averages ``threshold``; fail, with every evaluation, if the budget is
+    spent first. Each evaluation plays episodes it has not played before, so a score is a real mean,
+    not a re-run. Asynchronous runs differ run to run even with a seed, so a learning test gives the
+    slowest run it has seen about twice its steps as budget, and a typical run stops well before it.
     """
-    stop_when_solved = EvalCallback(
-        make_vec_env("CartPole-v1", n_envs=1, seed=100 + seed),
+    history = _EvaluationHistory()
+    evaluations = EvalCallback(
+        eval_env,
         eval_freq=eval_every // model.n_envs,
-        n_eval_episodes=20,
-        callback_on_new_best=StopTrainingOnRewardThreshold(reward_threshold=475),
+        n_eval_episodes=n_eval_episodes,
+        callback_on_new_best=StopTrainingOnRewardThreshold(reward_threshold=threshold),
+        callback_after_eval=history,
         verbose=0,
     )
-    model.learn(budget, callback=stop_when_solved)
-    return stop_when_solved.best_mean_reward
+    model.learn(budget, callback=evaluations)
+    assert evaluations.best_mean_reward >= threshold, (
+        f"best {evaluations.best_mean_reward:.1f} < {threshold} after {model.num_timesteps} steps; "
+        f"evaluations every {eval_every}: {history.means}"
+    )
+
+
+def assert_solves_cartpole(model, seed: int, budget: int, eval_every: int = 10_000) -> None:
+    """The deterministic policy must average 475 on 20 new CartPole-v1 episodes within ``budget`` steps."""
+    eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=100 + seed)
+    assert_training_reaches(model, eval_env, threshold=475, budget=budget, eval_every=eval_every, n_eval_episodes=20)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a3c_solves_cartpole(seed, no_leaks):
     model = A3C("MlpPolicy", "CartPole-v1", n_workers=2, envs_per_worker=4, seed=seed, device="cpu")
-    mean_reward = train_until_cartpole_is_solved(model, seed, budget=250_000)
-    assert mean_reward >= 475, f"seed {seed}: {mean_reward:.1f} after {model.num_timesteps} steps"
+    assert_solves_cartpole(model, seed, budget=250_000)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -55,8 +77,7 @@ def test_offpac_solves_cartpole_from_epsilon_behaviour(seed, no_leaks):
         seed=seed,
         device="cpu",
     )
-    mean_reward = train_until_cartpole_is_solved(model, seed, budget=250_000)
-    assert mean_reward >= 475, f"seed {seed}: {mean_reward:.1f} after {model.num_timesteps} steps"
+    assert_solves_cartpole(model, seed, budget=250_000)
 
 
 # The CartPole-v1 entry of zoo_configs/async_q.yml, with 2 workers x 2 envs; each method's paper
@@ -79,8 +100,7 @@ ASYNC_Q_CARTPOLE = dict(learning_rate=1e-3, train_freq=5, target_update_interval
 @pytest.mark.parametrize("seed", [0, 1])
 def test_async_value_methods_solve_cartpole(method, budget, eval_every, seed, no_leaks):
     model = method("MlpPolicy", "CartPole-v1", seed=seed, **ASYNC_Q_CARTPOLE)
-    mean_reward = train_until_cartpole_is_solved(model, seed, budget=budget, eval_every=eval_every)
-    assert mean_reward >= 475, f"seed {seed}: {mean_reward:.1f} after {model.num_timesteps} steps"
+    assert_solves_cartpole(model, seed, budget=budget, eval_every=eval_every)
 
 
 def test_offpac_learns_from_uniform_behaviour(no_leaks):
@@ -92,7 +112,7 @@ def test_offpac_learns_from_uniform_behaviour(no_leaks):
     assert mean_reward >= CARTPOLE_RANDOM_SCORE * 3, f"{mean_reward:.1f}"  # 135 to 190 measured
 
 
-def test_a3c_learns_pendulum(no_leaks):
+def test_a3c_swings_up_pendulum(no_leaks):
     # rl-zoo's A2C settings for Pendulum-v1, with 2 workers x 4 envs in place of 8 envs.
     env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=0.9)
     model = A3C(
@@ -108,16 +128,12 @@ def test_a3c_learns_pendulum(no_leaks):
         seed=0,
         device="cpu",
     )
-    # Evaluated every 20k steps on 10 new episodes (EvalCallback syncs the VecNormalize statistics);
-    # async runs differ run to run (-229 to -995 at the end of 200k measured), so the best evaluation counts.
-    evaluations = EvalCallback(
-        VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=100), training=False, norm_reward=False),
-        eval_freq=20_000 // model.n_envs,
-        n_eval_episodes=10,
-        verbose=0,
-    )
-    model.learn(200_000, callback=evaluations)
-    assert evaluations.best_mean_reward > PENDULUM_RANDOM_SCORE + 300, f"{evaluations.best_mean_reward:.1f}"
+    # A random policy scores about -1205; -400 over 10 episodes means the pendulum is swung up and
+    # held in most of them. 16 trial runs first reached it after 120k-200k steps (and went on to
+    # -100 to -250); one CI run had not passed -950 by 200k. EvalCallback syncs the VecNormalize
+    # statistics into the eval env.
+    eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=100), training=False, norm_reward=False)
+    assert_training_reaches(model, eval_env, threshold=-400, budget=400_000, eval_every=20_000, n_eval_episodes=10)
 
 
 def test_offpac_learns_continuous_actions_from_uniform_behaviour(no_leaks):
