@@ -262,6 +262,15 @@ def test_workers_build_envs_with_the_arguments_given_to_sb3_async_make_vec_env(t
         env.close()
 
 
-def test_a_wrapper_gymnasium_cannot_recreate_is_refused_without_the_recipe():
-    with pytest.raises(ValueError, match="ScaledReward.*sb3_async.common.envs.make_vec_env"):
-        A3C("MlpPolicy", make_vec_env("CartPole-v1", wrapper_class=ScaledReward, wrapper_kwargs=dict(scale=3.0)), device="cpu")
+def test_a_wrapper_gymnasium_cannot_recreate_reaches_the_workers_as_a_copy(no_leaks):
+    # SB3's make_vec_env, not ours: no recipe is recorded, and the spec cannot say how to re-create ScaledReward.
+    env = make_vec_env("CartPole-v1", n_envs=2, wrapper_class=ScaledReward, wrapper_kwargs=dict(scale=3.0))
+    model = A3C("MlpPolicy", env, n_workers=2, envs_per_worker=3, device="cpu")
+    worker_env = model._worker_env_factory().build(worker_id=1)
+    try:
+        sub_envs = worker_env.unwrapped.envs
+        assert len(sub_envs) == 3 and all(isinstance(sub_env, ScaledReward) and sub_env.scale == 3.0 for sub_env in sub_envs)
+        assert all(sub_env is not original for sub_env in sub_envs for original in env.envs)
+    finally:
+        worker_env.close()
+    model.learn(100)

@@ -13,7 +13,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from sb3_async.common.collector import Segment, WorkerLogic
-from sb3_async.common.rollout import actions_for_env, finish_episodes
+from sb3_async.common.rollout import StepLog, actions_for_env, bootstrap_truncations
 
 
 def a3c_loss(
@@ -97,32 +97,44 @@ class A3CWorker(WorkerLogic):
         )
         self._last_obs = env.reset()
         self._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
+        self.step_log = StepLog()
 
     def compute_loss(self) -> tuple[th.Tensor, Segment]:
-        episode_infos = self._collect_segment()
+        self._collect_segment()
         self.policy.set_training_mode(True)
         batch = next(self.rollout_buffer.get(batch_size=None))
         loss, stats = a3c_loss(self.policy, batch, self.ent_coef, self.vf_coef, self.normalize_advantage)
         stats["explained_variance"] = float(
             explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         )
-        return loss, Segment(n_env_steps=self.n_steps * self.env.num_envs, episode_infos=episode_infos, stats=stats)
+        return loss, Segment(n_env_steps=self.n_steps * self.env.num_envs, steps=self.step_log.pop(), stats=stats)
 
-    def _collect_segment(self) -> list[dict[str, float]]:
+    def _collect_segment(self) -> None:
         env, policy, buffer = self.env, self.policy, self.rollout_buffer
         policy.set_training_mode(False)
         buffer.reset()
         if self.use_sde:
             policy.reset_noise(env.num_envs)
-        episode_infos: list[dict[str, float]] = []
         for step in range(self.n_steps):
             if self.use_sde and self.sde_sample_freq > 0 and step % self.sde_sample_freq == 0:
                 policy.reset_noise(env.num_envs)
             with th.no_grad():
                 actions, values, log_probs = policy(obs_as_tensor(self._last_obs, "cpu"))  # type: ignore[arg-type]
             actions = actions.numpy()
-            new_obs, rewards, dones, infos = env.step(actions_for_env(actions, env.action_space, policy))
-            episode_infos += finish_episodes(infos, dones, rewards, policy, self.gamma)
+            clipped_actions = actions_for_env(actions, env.action_space, policy)
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+            self.step_log.add(
+                obs_tensor=self._last_obs,
+                actions=actions,
+                clipped_actions=clipped_actions,
+                values=values,
+                log_probs=log_probs,
+                new_obs=new_obs,
+                rewards=rewards,
+                dones=dones,
+                infos=infos,
+            )
+            bootstrap_truncations(infos, dones, rewards, policy, self.gamma)
 
             if isinstance(env.action_space, spaces.Discrete):
                 actions = actions.reshape(-1, 1)
@@ -133,4 +145,3 @@ class A3CWorker(WorkerLogic):
         with th.no_grad():
             last_values = policy.predict_values(obs_as_tensor(new_obs, "cpu"))  # type: ignore[arg-type]
         buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
-        return episode_infos

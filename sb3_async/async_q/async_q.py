@@ -6,7 +6,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import LinearSchedule, polyak_update
+from stable_baselines3.common.utils import LinearSchedule, get_parameters_by_name, polyak_update
 from stable_baselines3.dqn import DQN
 from stable_baselines3.dqn.policies import DQNPolicy
 
@@ -149,6 +149,9 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         )
         self.policy = self.policy.to(self.device)
         self._create_aliases()
+        # As DQN keeps them: BatchNorm statistics go to the target network with its parameters.
+        self.batch_norm_stats = get_parameters_by_name(self.q_net, ["running_"])
+        self.batch_norm_stats_target = get_parameters_by_name(self.q_net_target, ["running_"])
         self._steps_since_target_update = 0
         self.target_updates = 0
         self._worker_exploration_rates: dict[int, float] = {}
@@ -180,6 +183,7 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         if self._steps_since_target_update >= self.target_update_interval:
             self._steps_since_target_update %= self.target_update_interval
             polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), 1.0)
+            polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)  # as DQN does
             self.target_updates += 1
             self.logger.record("train/target_updates", self.target_updates)
         # What predict(deterministic=False) uses, as SB3's DQN: here the workers' mean epsilon.

@@ -15,7 +15,7 @@ from stable_baselines3.dqn.policies import DQNPolicy
 
 from sb3_async.async_q.loss import n_step_targets, q_learning_loss
 from sb3_async.common.collector import Segment, WorkerLogic
-from sb3_async.common.rollout import ended_episodes, truncations
+from sb3_async.common.rollout import StepLog, truncations
 
 Observations = np.ndarray | dict[str, np.ndarray]
 
@@ -61,6 +61,7 @@ class AsyncQWorker(WorkerLogic):
         self.n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
         self._last_obs: Observations = env.reset()  # type: ignore[assignment]
         self._next_actions: np.ndarray | None = None
+        self.step_log = StepLog()
 
     def epsilon_greedy(self, observations: th.Tensor | dict[str, th.Tensor], epsilon: float) -> np.ndarray:
         with th.no_grad():
@@ -80,16 +81,19 @@ class AsyncQWorker(WorkerLogic):
         observations = [obs_as_tensor(self._last_obs, "cpu")]
         if self._next_actions is None or not self.keeps_next_action:
             self._next_actions = self.epsilon_greedy(observations[0], epsilon)
-        actions, rewards, episode_ends, episode_infos = [], [], [], []
+        actions, rewards, episode_ends = [], [], []
         for _ in range(self.train_freq):
             actions.append(self._next_actions)
             new_obs, reward, dones, infos = env.step(self._next_actions)
+            # What DQN's collect_rollouts hands its callbacks (the env's reward, before the bootstrap below).
+            self.step_log.add(
+                actions=self._next_actions, buffer_actions=self._next_actions, new_obs=new_obs, rewards=reward, dones=dones, infos=infos
+            )
             reward = reward.astype(np.float32)
             # A time limit is not a terminal state: its reward gets the bootstrap, and the sum stops.
             for idx, terminal_observation in truncations(infos, dones):
                 terminal_obs = self.policy.obs_to_tensor(terminal_observation)[0]
                 reward[idx] += self.gamma * self.bootstrap_values(terminal_obs, self.epsilon_greedy(terminal_obs, epsilon)).item()
-            episode_infos += ended_episodes(infos, dones)
             observations.append(obs_as_tensor(new_obs, "cpu"))
             self._next_actions = self.epsilon_greedy(observations[-1], epsilon)
             rewards.append(reward)
@@ -115,4 +119,4 @@ class AsyncQWorker(WorkerLogic):
             "q_mean": q_values.mean().item(),
             "rollout/exploration_rate": epsilon,
         }
-        return loss, Segment(n_env_steps=self.train_freq * n_envs, episode_infos=episode_infos, stats=stats)
+        return loss, Segment(n_env_steps=self.train_freq * n_envs, steps=self.step_log.pop(), stats=stats)

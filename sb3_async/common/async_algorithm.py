@@ -16,15 +16,18 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.type_aliases import MaybeCallback
+from stable_baselines3.common.type_aliases import MaybeCallback, TrainFreq, TrainFrequencyUnit
+from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_async.common.collector import (
     AsyncGradientCollector,
     GradientReport,
     WorkerSpec,
+    buffers_to_vector,
     flat_gradient_view,
     flat_parameters_view,
+    vector_to_buffers,
 )
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
 
@@ -79,6 +82,56 @@ class _LogWindow:
         self.staleness.append(report.staleness)
         for key, value in report.segment.stats.items():
             self.stats.setdefault(key, []).append(value)
+
+
+class PendingSteps:
+    """
+    Env steps that workers reported and callbacks have not seen yet, handed out ``n`` at a time in the
+    order they arrived. Each column is kept flat: ``[rows, ...]``, a row being one env's step.
+    """
+
+    def __init__(self) -> None:
+        self.n_rows = 0
+        self._chunks: list[dict[str, Any]] = []
+
+    def add(self, steps: dict[str, Any], n_rows: int) -> None:
+        """Add a segment's steps (a StepLog's ``[n_steps, n_envs, ...]`` columns; empty if the worker logged none)."""
+        if n_rows:
+            self._chunks.append({key: _flatten_steps(column) for key, column in steps.items()})
+            self.n_rows += n_rows
+
+    def take(self, n: int) -> dict[str, Any] | None:
+        """The next ``n`` rows, or None while fewer are pending."""
+        if self.n_rows < n:
+            return None
+        merged = {key: _concatenate([chunk[key] for chunk in self._chunks]) for key in self._chunks[0]} if self._chunks else {}
+        self._chunks = [{key: _rows(column, n, None) for key, column in merged.items()}] if self.n_rows > n else []
+        self.n_rows -= n
+        return {key: _rows(column, 0, n) for key, column in merged.items()}
+
+
+def _flatten_steps(column: Any) -> Any:
+    if isinstance(column, dict):
+        return {key: _flatten_steps(value) for key, value in column.items()}
+    if isinstance(column, np.ndarray):
+        return column.reshape(-1, *column.shape[2:])
+    return [row for step in column for row in step]  # infos: one list per step
+
+
+def _concatenate(columns: list[Any]) -> Any:
+    if len(columns) == 1:
+        return columns[0]
+    if isinstance(columns[0], dict):
+        return {key: _concatenate([column[key] for column in columns]) for key in columns[0]}
+    if isinstance(columns[0], np.ndarray):
+        return np.concatenate(columns)
+    return [row for column in columns for row in column]
+
+
+def _rows(column: Any, start: int, stop: int | None) -> Any:
+    if isinstance(column, dict):
+        return {key: value[start:stop] for key, value in column.items()}
+    return column[start:stop]
 
 
 class AsyncAlgorithmMixin:
@@ -170,11 +223,18 @@ class AsyncAlgorithmMixin:
         return NormalizationStatistics.of(self._vec_normalize_env)
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:
+        """SB3's ``set_env``: any env the constructor takes, with any number of envs (the workers make their own ``n_envs``)."""
+        learner_env = self._wrap_env(self._learner_env(env), self.verbose)  # type: ignore[attr-defined]
+        n_envs = self.n_envs
+        self.n_envs = learner_env.num_envs  # what SB3 checks the env against
+        try:
+            super().set_env(learner_env, force_reset)  # type: ignore[misc]
+        finally:
+            self.n_envs = n_envs
         self._user_env = env
-        super().set_env(self._learner_env(env), force_reset)  # type: ignore[misc]
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_user_env"]  # type: ignore[misc]
+        return [*super()._excluded_save_params(), "_user_env", "_unreported_steps", "_policy_buffers"]  # type: ignore[misc]
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         if progress_bar:
@@ -199,8 +259,8 @@ class AsyncAlgorithmMixin:
         total_timesteps, callback = self._setup_learn(  # type: ignore[misc]
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
-        if reset_num_timesteps or not hasattr(self, "_uncounted_steps"):
-            self._uncounted_steps = 0  # env steps not yet passed to callbacks (less than n_envs)
+        if reset_num_timesteps or not hasattr(self, "_unreported_steps"):
+            self._unreported_steps = PendingSteps()  # env steps not yet passed to callbacks (fewer than n_envs)
             self.dropped_updates = 0
         # The learner's apply is on every worker's critical path. Parameters and gradients as views of
         # two flat tensors make loading a gradient, clipping it and publishing parameters one op each.
@@ -213,7 +273,8 @@ class AsyncAlgorithmMixin:
         iteration = 0
         # The learner's ops are tiny; idle intra-op threads would only spin on the workers' cores.
         user_threads = th.get_num_threads()
-        collector = AsyncGradientCollector(self._worker_spec(), self.n_workers, flat_params)
+        self._policy_buffers = list(self.policy.buffers())
+        collector = AsyncGradientCollector(self._worker_spec(), self.n_workers, flat_params, buffers_to_vector(self._policy_buffers))
         with sigterm_raises_system_exit():
             try:
                 callback.on_training_start(locals(), globals())
@@ -253,17 +314,28 @@ class AsyncAlgorithmMixin:
     def _apply_report(
         self, collector: AsyncGradientCollector, report: GradientReport, flat_params: th.Tensor, flat_gradient: th.Tensor
     ) -> None:
-        """Apply one worker's gradient (unless it is not finite), publish, and let the worker go on."""
+        """
+        Apply one worker's gradient (unless it is not finite), add its change to the policy buffers
+        (e.g. BatchNorm statistics) to the learner's, publish, and let the worker go on.
+        """
         flat_gradient.copy_(collector.gradient(report.worker_id))
         gradient_norm = flat_gradient.norm().item()
-        if np.isfinite(gradient_norm):
+        buffer_change = collector.buffer_change(report.worker_id) if self._policy_buffers else None
+        if np.isfinite(gradient_norm) and (buffer_change is None or bool(th.isfinite(buffer_change).all())):
             if self.max_grad_norm is not None:
                 # th.nn.utils.clip_grad_norm_, on the one flat tensor the .grad's are views of.
                 flat_gradient.mul_(min(1.0, self.max_grad_norm / (gradient_norm + 1e-6)))
             self._update_learning_rate(self.policy.optimizer)
             self.policy.optimizer.step()
+            flat_buffers = None
+            if buffer_change is not None:
+                # Added, not copied: each worker's change counts once, however stale, as its gradient does.
+                flat_buffers = buffers_to_vector(self._policy_buffers) + buffer_change
+                vector_to_buffers(flat_buffers, self._policy_buffers)
             self._after_gradient_step(report)
-            collector.publish(flat_params)
+            if flat_buffers is not None:  # a target network's copy of them, if the step above made one
+                flat_buffers = buffers_to_vector(self._policy_buffers)
+            collector.publish(flat_params, flat_buffers)
             self._n_updates += 1
             if report.normalization is not None and self._vec_normalize_env is not None:
                 report.normalization.merge_into(self._vec_normalize_env)
@@ -274,33 +346,52 @@ class AsyncAlgorithmMixin:
 
     def _run_callbacks(self, callback: BaseCallback, report: GradientReport) -> bool:
         """
-        Count the report's env steps and call ``on_step`` once per ``n_envs`` of them, as SB3 does
-        once per ``env.step()`` of all envs. ``locals()["infos"]``/``["dones"]`` hold the episodes the
-        report finished (passed with the first ``on_step`` of the report only, so nothing is counted twice).
+        Count the report's env steps and call ``on_step`` once per ``n_envs`` of them, as SB3 does once
+        per ``env.step()`` of all its envs. ``self.locals`` then holds the next ``n_envs`` env steps the
+        workers reported (``new_obs``, ``rewards``, ``dones``, ``infos``, ``actions``, ...), shaped as
+        SB3's ``collect_rollouts`` has them, so that every env step reaches the callbacks exactly once.
         """
-        infos = []
-        for episode in report.segment.episode_infos:
-            info = {"episode": {key: episode[key] for key in ("r", "l", "t")}}
-            self.ep_info_buffer.append(info["episode"])
-            self._episode_num += 1
-            if "is_success" in episode:
-                info["is_success"] = episode["is_success"]
-                self.ep_success_buffer.append(episode["is_success"])
-            infos.append(info)
-        dones = np.ones(len(infos), dtype=bool)
         callback.on_rollout_start()
-        self._uncounted_steps += report.segment.n_env_steps
+        self._unreported_steps.add(report.segment.steps, report.segment.n_env_steps)
         continue_training = True
-        while self._uncounted_steps >= self.n_envs:
-            self._uncounted_steps -= self.n_envs
+        n_calls, n_episodes = 0, 0
+        while (step := self._unreported_steps.take(self.n_envs)) is not None:
             self.num_timesteps += self.n_envs
-            callback.update_locals({"infos": infos, "dones": dones, "report": report})
-            infos, dones = [], np.zeros(0, dtype=bool)
+            callback.update_locals(self._callback_locals(step, callback, n_calls, n_episodes))
+            n_calls += 1
             if not callback.on_step():
                 continue_training = False
                 break
+            # After on_step, as SB3 does.
+            infos = step.get("infos", [])
+            self._update_info_buffer(infos, step.get("dones"))
+            n_episodes += sum("episode" in info for info in infos)
+        self._episode_num += n_episodes
         callback.on_rollout_end()
         return continue_training
+
+    def _callback_locals(self, step: dict[str, Any], callback: BaseCallback, n_calls: int, n_episodes: int) -> dict[str, Any]:
+        """
+        What SB3's ``collect_rollouts`` has in ``locals()`` at ``on_step``, except its rollout or replay
+        buffer (each worker keeps its own). Its loop counters count this report's steps.
+        """
+        step = dict(step, env=self.env, callback=callback)
+        for key in ("obs_tensor", "values", "log_probs"):  # tensors in SB3's on-policy loop
+            if key in step:
+                step[key] = obs_as_tensor(step[key], self.device)  # type: ignore[attr-defined]
+        if isinstance(self, OnPolicyAlgorithm):
+            step.update(n_rollout_steps=self.n_steps, n_steps=n_calls)
+        else:
+            train_freq = self.train_freq  # type: ignore[attr-defined]
+            step.update(
+                train_freq=train_freq if isinstance(train_freq, TrainFreq) else TrainFreq(train_freq, TrainFrequencyUnit.STEP),
+                learning_starts=self.learning_starts,  # type: ignore[attr-defined]
+                action_noise=None,
+                num_collected_steps=n_calls,
+                num_collected_episodes=n_episodes,
+                continue_training=True,
+            )
+        return step
 
     def _record_async_logs(self, window: _LogWindow, collector: AsyncGradientCollector) -> None:
         elapsed = max(time.perf_counter() - window.started_at, sys.float_info.epsilon)

@@ -19,8 +19,12 @@ no barrier between workers::
     publish() ---> params (shm), params_version += 1
     release(k) ...
 
-Tensors never travel through pickles: the parameters and one gradient slot per worker live in shared
-memory, created once; the queue and the pipes only carry small messages that name a slot. A worker
+Policy buffers (BatchNorm's running statistics) travel like the parameters: the learner publishes
+them with every update; each worker writes how its segment changed them into its own slot, and the
+learner adds that change to its buffers, as it applies the gradient.
+
+Tensors never travel through pickles: the parameters, the buffers, and one gradient slot and one
+buffer-change slot per worker live in shared memory, created once; the queue and the pipes only carry small messages that name a slot. A worker
 waits for its own "go" before it copies the parameters, so its next segment always runs with a
 policy that includes its own last update, as in the paper's Hogwild version; how many *other*
 updates landed in between is the staleness the learner logs.
@@ -41,6 +45,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import cloudpickle
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
@@ -59,7 +64,9 @@ class Segment:
     """What a worker tells the learner about the experience behind one gradient."""
 
     n_env_steps: int
-    episode_infos: list[dict[str, float]] = field(default_factory=list)
+    # The env steps behind the gradient, as SB3's callbacks see them (a StepLog's pop()); empty for
+    # a gradient that took no env steps (e.g. OffPolicyAC's replay).
+    steps: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
 
 
@@ -169,6 +176,23 @@ class _SharedMemory:
     params_version: th.Tensor  # int64[1]: number of updates applied so far
     gradients: th.Tensor  # [n_workers, n_params]: row k written only by worker k
     params_lock: Any  # so that no worker copies half-written parameters
+    buffers: th.Tensor  # float64 [n_buffer_values]: the policy's buffers (e.g. BatchNorm statistics), as params
+    buffer_changes: th.Tensor  # float64 [n_workers, n_buffer_values]: row k, what worker k's last segment changed
+
+
+def buffers_to_vector(buffers: Sequence[th.Tensor]) -> th.Tensor:
+    """All ``buffers`` in one float64 vector (float64 holds integer counters such as ``num_batches_tracked`` exactly)."""
+    if not buffers:
+        return th.zeros(0, dtype=th.float64)
+    return th.cat([buffer.detach().reshape(-1).to("cpu", th.float64) for buffer in buffers])
+
+
+def vector_to_buffers(vector: th.Tensor, buffers: Sequence[th.Tensor]) -> None:
+    offset = 0
+    for buffer in buffers:
+        size = buffer.numel()
+        buffer.copy_(vector[offset : offset + size].view_as(buffer))
+        offset += size
 
 
 def flat_parameters_view(params: Sequence[th.nn.Parameter]) -> th.Tensor:
@@ -212,8 +236,8 @@ def _worker_main(
     env = None
     try:
         spec: WorkerSpec = cloudpickle.loads(spec_bytes)
-        if spec.seed is not None:
-            set_random_seed(spec.seed + worker_id)
+        # Every worker forks from the same server: without a seed of its own, all would draw the same numbers.
+        set_random_seed(spec.seed + worker_id if spec.seed is not None else int(np.random.SeedSequence().entropy % 2**32))
         env = spec.env_factory.build(worker_id, spec.normalization)
         vec_normalize = unwrap_vec_normalize(env)
         assert vec_normalize is None or isinstance(vec_normalize, WorkerVecNormalize)
@@ -222,8 +246,9 @@ def _worker_main(
         local_params = flat_parameters_view(params)
         if local_params.numel() != shared.params.numel():
             raise RuntimeError(f"the worker's policy has {local_params.numel()} parameters, the learner's {shared.params.numel()}")
+        buffers = list(policy.buffers())
         logic = spec.logic_class(env, policy, worker_id, **spec.logic_kwargs)
-        my_gradient = shared.gradients[worker_id]
+        my_gradient, my_buffer_change = shared.gradients[worker_id], shared.buffer_changes[worker_id]
         reports.send(_Ready(worker_id))
 
         while True:
@@ -235,11 +260,16 @@ def _worker_main(
             logic.progress_remaining = go.progress_remaining
             with shared.params_lock:
                 local_params.copy_(shared.params)
+                if buffers:
+                    buffers_at_start = shared.buffers.clone()
+                    vector_to_buffers(buffers_at_start, buffers)
                 params_version = int(shared.params_version.item())
             loss, segment = logic.compute_loss()
             policy.zero_grad(set_to_none=True)
             loss.backward()
             write_flat_gradient(params, out=my_gradient)
+            if buffers:
+                th.sub(buffers_to_vector(buffers), buffers_at_start, out=my_buffer_change)
             new_statistics = vec_normalize.pop_new_statistics() if vec_normalize is not None else None
             reports.send(GradientReport(worker_id, params_version, segment, new_statistics))
     except (EOFError, BrokenPipeError):
@@ -274,19 +304,23 @@ class AsyncGradientCollector:
     :param spec: how each worker builds its envs, its policy and its :class:`WorkerLogic`
     :param n_workers: number of worker processes
     :param initial_params: the learner's flat parameters, published to the workers at start
+    :param initial_buffers: the learner's policy buffers (:func:`buffers_to_vector`), if it has any
     """
 
-    def __init__(self, spec: WorkerSpec, n_workers: int, initial_params: th.Tensor) -> None:
+    def __init__(self, spec: WorkerSpec, n_workers: int, initial_params: th.Tensor, initial_buffers: th.Tensor | None = None) -> None:
         self.n_workers = n_workers
         # Pickling problems surface here, before any process starts.
         self._spec_bytes = dumps_for_workers(spec, what="the worker setup (policy, env factory, hyperparameters)")
         self._context = _multiprocessing_context()
         flat = initial_params.detach().to("cpu").clone()
+        buffers = th.zeros(0, dtype=th.float64) if initial_buffers is None else initial_buffers.to("cpu", th.float64).clone()
         self._shared = _SharedMemory(
             params=flat.share_memory_(),
             params_version=th.zeros(1, dtype=th.int64).share_memory_(),
             gradients=th.zeros(n_workers, flat.numel(), dtype=flat.dtype).share_memory_(),
             params_lock=self._context.Lock(),
+            buffers=buffers.share_memory_(),
+            buffer_changes=th.zeros(n_workers, buffers.numel(), dtype=th.float64).share_memory_(),
         )
         reader, writer = self._context.Pipe(duplex=False)
         self._reports = _ReportChannel(reader, writer, self._context.Lock())
@@ -338,10 +372,16 @@ class AsyncGradientCollector:
         """Worker ``worker_id``'s flat gradient, valid until that worker is released."""
         return self._shared.gradients[worker_id]
 
-    def publish(self, flat_params: th.Tensor) -> None:
-        """Make ``flat_params`` the parameters that workers copy from now on."""
+    def buffer_change(self, worker_id: int) -> th.Tensor:
+        """How worker ``worker_id``'s last segment changed the policy buffers, valid until that worker is released."""
+        return self._shared.buffer_changes[worker_id]
+
+    def publish(self, flat_params: th.Tensor, flat_buffers: th.Tensor | None = None) -> None:
+        """Make ``flat_params`` (and ``flat_buffers``) the parameters (and buffers) that workers copy from now on."""
         with self._shared.params_lock:
             self._shared.params.copy_(flat_params)
+            if flat_buffers is not None:
+                self._shared.buffers.copy_(flat_buffers)
             self.version += 1
             self._shared.params_version.fill_(self.version)
 
@@ -362,8 +402,7 @@ class AsyncGradientCollector:
             except OSError:  # that worker is already gone
                 pass
         deadline = time.monotonic() + timeout
-        for process in self._processes:
-            process.join(max(0.0, deadline - time.monotonic()))
+        self._drain_reports_until_workers_exit(deadline)
         for process in self._processes:
             if process.is_alive():
                 process.terminate()
@@ -379,6 +418,18 @@ class AsyncGradientCollector:
         self._processes.clear()
         self._go_senders.clear()
         del self._shared, self._reports
+
+    def _drain_reports_until_workers_exit(self, deadline: float) -> None:
+        # A worker may be blocked writing a report larger than the pipe holds (image steps, say): it
+        # only reads its "stop" once that report is read.
+        while any(process.is_alive() for process in self._processes) and time.monotonic() < deadline:
+            sentinels = [process.sentinel for process in self._processes if process.is_alive()]
+            ready = wait([self._reports.reader, *sentinels], timeout=max(0.0, deadline - time.monotonic()))
+            if self._reports.reader in ready:
+                try:
+                    self._reports.reader.recv()
+                except (EOFError, OSError):
+                    break
 
     def __enter__(self) -> "AsyncGradientCollector":
         return self

@@ -13,19 +13,27 @@ a callable returning a ``gym.Env``      ``make_vec_env(callable, n_envs=envs_per
 a ``VecEnv`` made by this module's      SB3's ``make_vec_env`` with the same arguments (env
 ``make_vec_env``                        kwargs, wrapper_class, Monitor settings), then its
                                         VecEnv wrappers re-applied in order
-any other ``VecEnv``                    its sub-envs are re-made from their gymnasium spec,
-                                        then its VecEnv wrappers (VecNormalize, VecFrameStack,
-                                        VecTransposeImage, VecMonitor) are re-applied in order
+a ``gym.Env`` instance, or any other    copies of its (sub-)envs, cloudpickled once in the
+``VecEnv`` (DummyVecEnv,                learner: each worker env unpickles its own, wrappers
+SubprocVecEnv, ...)                     included, round-robin over the sub-envs; then the
+                                        VecEnv wrappers (VecNormalize, VecFrameStack,
+                                        VecTransposeImage, VecMonitor, VecCheckNan,
+                                        VecExtractDictObs) are re-applied in order. A sub-env
+                                        that cannot be pickled (Box2D, a socket) is re-made
+                                        from its gymnasium spec when it has one.
 =====================================  ======================================================
 
-Every worker's envs are wrapped in ``Monitor`` (for episode statistics) and seeded with
-``seed + worker_id * envs_per_worker + i`` when a seed is given. When the recipe names a
+Every worker's envs are wrapped in ``Monitor`` (for episode statistics), unless a copy already has
+one (a copied Monitor starts afresh and writes no file), and seeded with
+``seed + worker_id * envs_per_worker + i`` when a seed is given, from fresh entropy otherwise (so
+that copies never share a random state). When the recipe names a
 ``monitor_dir``, each worker env writes its own ``<rank>.monitor.csv`` there, ranks following the
 learner env's, so rl-zoo3's plots read every worker's episodes.
 """
 
 import functools
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,10 +42,16 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common import env_util
+from stable_baselines3.common.env_util import is_wrapped
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    SubprocVecEnv,
+    VecCheckNan,
     VecEnv,
     VecEnvWrapper,
+    VecExtractDictObs,
     VecFrameStack,
     VecMonitor,
     VecNormalize,
@@ -47,9 +61,10 @@ from stable_baselines3.common.vec_env import (
 ObsStatistics = RunningMeanStd | dict[str, RunningMeanStd]
 
 _HOW_TO_FIX = (
-    "Pass `env` as an env id (e.g. 'CartPole-v1') or as a picklable callable that returns a gym.Env, "
-    "or build the VecEnv with sb3_async.common.envs.make_vec_env (SB3's arguments) and wrap it only in "
-    "VecNormalize, VecFrameStack, VecTransposeImage or VecMonitor."
+    "Pass `env` as an env id (e.g. 'CartPole-v1') or as a picklable callable that returns a gym.Env "
+    "(e.g. functools.partial(MyEnv, ...) or a lambda), so that each worker makes its own, or build the VecEnv "
+    "with sb3_async.common.envs.make_vec_env (SB3's arguments) and wrap it only in VecNormalize, "
+    "VecFrameStack, VecTransposeImage, VecMonitor, VecCheckNan or VecExtractDictObs."
 )
 
 
@@ -191,6 +206,11 @@ def _wrapper_layers(venv: VecEnv) -> tuple[list[_WrapperLayer], VecEnv]:
             layers.append(_WrapperLayer(VecTransposeImage, dict(skip=venv.skip)))
         elif isinstance(venv, VecMonitor):
             layers.append(_WrapperLayer(VecMonitor))
+        elif isinstance(venv, VecCheckNan):
+            settings = dict(raise_exception=venv.raise_exception, warn_once=venv.warn_once, check_inf=venv.check_inf)
+            layers.append(_WrapperLayer(VecCheckNan, settings))
+        elif isinstance(venv, VecExtractDictObs):
+            layers.append(_WrapperLayer(VecExtractDictObs, dict(key=venv.key)))
         else:
             raise EnvRebuildError(f"the workers cannot rebuild the VecEnv wrapper {type(venv).__name__}. {_HOW_TO_FIX}")
         venv = venv.venv
@@ -199,8 +219,8 @@ def _wrapper_layers(venv: VecEnv) -> tuple[list[_WrapperLayer], VecEnv]:
 
 
 def _env_factory_from_spec(spec: gym.envs.registration.EnvSpec | None) -> Callable[[], gym.Env]:
-    if spec is None:
-        raise EnvRebuildError(f"its sub-envs have no gymnasium spec to re-make them from. {_HOW_TO_FIX}")
+    if spec is None or spec.id not in gym.registry:
+        raise EnvRebuildError(f"its sub-envs have no registered gymnasium spec to re-make them from. {_HOW_TO_FIX}")
     # Monitor is not recorded with its arguments; the workers add their own.
     wrappers = tuple(w for w in spec.additional_wrappers if w.name != "Monitor")
     for wrapper in wrappers:
@@ -210,6 +230,114 @@ def _env_factory_from_spec(spec: gym.envs.registration.EnvSpec | None) -> Callab
                 f"(it does not record its constructor arguments). {_HOW_TO_FIX}"
             )
     return functools.partial(gym.make, replace(spec, additional_wrappers=wrappers))
+
+
+class _CopyPickler(cloudpickle.Pickler):
+    """
+    cloudpickle, except that a Monitor is pickled as a fresh one in its place (same settings, no file,
+    no episode under way): the workers' copies must not share, or fail on, the learner's log file.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, Monitor):
+            return _fresh_monitor, (obj.env, obj.allow_early_resets, obj.reset_keywords, obj.info_keywords)
+        return super().reducer_override(obj)
+
+
+def _fresh_monitor(env: gym.Env, allow_early_resets: bool, reset_keywords: tuple, info_keywords: tuple) -> Monitor:
+    return Monitor(env, allow_early_resets=allow_early_resets, reset_keywords=reset_keywords, info_keywords=info_keywords)
+
+
+def pickle_env_copy(env: gym.Env) -> bytes:
+    """``env`` (wrappers and state included) as bytes that unpickle into an independent copy."""
+    buffer = io.BytesIO()
+    _CopyPickler(buffer).dump(env)
+    return buffer.getvalue()
+
+
+def _parts(obj: Any, path: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(obj, dict):
+        yield from ((f"{path}[{key!r}]", value) for key, value in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        yield from ((f"{path}[{index}]", value) for index, value in enumerate(obj))
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        yield from ((f"{path}.{name}", value) for name, value in vars(obj).items())
+
+
+def find_unpicklable(obj: Any, path: str, max_depth: int = 16) -> tuple[str, Any]:
+    """The innermost part of ``obj`` (and its attribute path) that cannot be pickled: what to name in an error."""
+    for _ in range(max_depth):
+        for part_path, part in _parts(obj, path):
+            try:
+                pickle_env_copy(part)
+            except Exception:
+                obj, path = part, part_path
+                break
+        else:
+            break
+    return path, obj
+
+
+def _sub_envs(innermost: VecEnv) -> list[gym.Env]:
+    """The sub-env objects of a VecEnv: its own for an in-process VecEnv, copies sent back by a SubprocVecEnv."""
+    if isinstance(innermost, SubprocVecEnv):
+        # Each sub-env comes back pickled by its process, as the object its bound reset() is bound to.
+        try:
+            return [method.__self__ for method in innermost.get_attr("reset")]
+        except Exception as error:
+            raise EnvRebuildError(
+                f"the SubprocVecEnv's sub-envs have no gymnasium spec and could not be sent back from their processes "
+                f"to be copied ({type(error).__name__}: {error}); SB3's SubprocVecEnv ends a process whose reply cannot "
+                f"be pickled, so this SubprocVecEnv cannot be used any more. {_HOW_TO_FIX}"
+            ) from error
+    envs = getattr(innermost, "envs", None)
+    if not isinstance(envs, (list, tuple)):
+        raise EnvRebuildError(f"{type(innermost).__name__} does not show its sub-envs (it has no `envs` list). {_HOW_TO_FIX}")
+    return list(envs)
+
+
+def _copies_of_sub_envs(innermost: VecEnv) -> list[bytes]:
+    """One pickled copy per sub-env, or an EnvRebuildError that names the part that cannot be pickled."""
+    copies = []
+    for index, env in enumerate(_sub_envs(innermost)):
+        try:
+            copies.append(pickle_env_copy(env))
+        except Exception as error:
+            path, culprit = find_unpicklable(env, f"sub-env {index}")
+            raise EnvRebuildError(
+                f"the workers cannot get their own copies of the env: {path} (a {type(culprit).__module__}."
+                f"{type(culprit).__qualname__}) cannot be pickled ({type(error).__name__}: {error}), and the env has no "
+                f"gymnasium spec to re-make it from. {_HOW_TO_FIX}"
+            ) from error
+    return copies
+
+
+@dataclass
+class EnvCopies:
+    """
+    Independent copies of given envs, made by unpickling them (see :func:`pickle_env_copy`), for
+    envs that exist only as objects: a ``gym.Env`` instance or the sub-envs of a ``DummyVecEnv``.
+    Same ``make`` as :class:`VecEnvRecipe`.
+    """
+
+    pickled_envs: list[bytes]
+
+    def make(self, n_envs: int, seed: int | None = None, start_index: int = 0) -> VecEnv:
+        # Copies are handed out round-robin over the original sub-envs, so that different sub-envs
+        # (e.g. one per task) are all trained on. start_index counts from the learner env's
+        # num_envs, which is len(pickled_envs), so the first worker env gets copy 0.
+        factories = [functools.partial(self._copy, (start_index + i) % len(self.pickled_envs)) for i in range(n_envs)]
+        venv = DummyVecEnv(factories)  # type: ignore[arg-type]
+        # A copy carries its original's random state: without a new seed, all copies would act alike.
+        first_seed = seed if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+        for i, env in enumerate(venv.envs):
+            env.action_space.seed(first_seed + i)
+        venv.seed(first_seed)
+        return venv
+
+    def _copy(self, index: int) -> gym.Env:
+        env = cloudpickle.loads(self.pickled_envs[index])
+        return env if is_wrapped(env, Monitor) else Monitor(env)
 
 
 @dataclass
@@ -303,12 +431,13 @@ class WorkerEnvFactory:
         """
         layers, innermost = _wrapper_layers(learner_env)
         recorded = getattr(innermost, RECIPE_ATTRIBUTE, None)
+        recipe: VecEnvRecipe | EnvCopies
         if recorded is not None:
             recipe = recorded
         elif isinstance(user_env, str) or (callable(user_env) and not isinstance(user_env, (gym.Env, VecEnv))):
             recipe = VecEnvRecipe(user_env)
         else:
-            recipe = VecEnvRecipe(_env_factory_from_spec(innermost.get_attr("spec")[0]))
+            recipe = _recipe_for_env_objects(innermost)
         return cls(
             recipe=dumps_for_workers(recipe, what="the env factory"),
             envs_per_worker=envs_per_worker,
@@ -318,7 +447,7 @@ class WorkerEnvFactory:
         )
 
     def build(self, worker_id: int, normalization: NormalizationStatistics | None = None) -> VecEnv:
-        recipe: VecEnvRecipe = cloudpickle.loads(self.recipe)
+        recipe: VecEnvRecipe | EnvCopies = cloudpickle.loads(self.recipe)
         first_env = worker_id * self.envs_per_worker
         seed = None if self.seed is None else self.seed + first_env
         venv = recipe.make(self.envs_per_worker, seed=seed, start_index=self.first_rank + first_env)
@@ -330,6 +459,30 @@ class WorkerEnvFactory:
                 venv = layer.wrapper_class(venv, **layer.kwargs)  # type: ignore[call-arg]
         # The same automatic wrapping (VecTransposeImage for channel-last images) as the learner got.
         return BaseAlgorithm._wrap_env(venv)
+
+
+def _recipe_for_env_objects(innermost: VecEnv) -> "VecEnvRecipe | EnvCopies":
+    """
+    How the workers make envs like ``innermost``'s sub-envs when the user gave them only as objects.
+    In-process sub-envs are copied: that keeps every wrapper and attribute the user set. A
+    SubprocVecEnv's are re-made from their gymnasium spec if they have one (cheaper than sending
+    them back), and so are in-process ones that cannot be pickled (Box2D's, for example).
+    """
+    specs = innermost.get_attr("spec")
+    spec_factory = None
+    if all(spec == specs[0] for spec in specs):  # one spec can stand for every sub-env
+        try:
+            spec_factory = _env_factory_from_spec(specs[0])
+        except EnvRebuildError:
+            pass
+    if spec_factory is not None and isinstance(innermost, SubprocVecEnv):
+        return VecEnvRecipe(spec_factory)
+    try:
+        return EnvCopies(_copies_of_sub_envs(innermost))
+    except EnvRebuildError:
+        if spec_factory is None:
+            raise
+        return VecEnvRecipe(spec_factory)
 
 
 def dumps_for_workers(obj: Any, what: str) -> bytes:

@@ -24,7 +24,7 @@ from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_async.common.collector import Segment, WorkerLogic
-from sb3_async.common.rollout import actions_for_env, finish_episodes
+from sb3_async.common.rollout import StepLog, actions_for_env, bootstrap_truncations
 from sb3_async.offpac.behavior import BehaviorPolicy
 from sb3_async.offpac.loss import OffPolicySegment, off_policy_ac_loss
 
@@ -150,6 +150,7 @@ class OffPACWorker(WorkerLogic):
         self._replay_credit = 0.0
         self._rng = np.random.default_rng(np.random.randint(2**31))
         self._last_obs: Observations = env.reset()  # type: ignore[assignment]
+        self.step_log = StepLog()
 
     def compute_loss(self) -> tuple[th.Tensor, Segment]:
         self.policy.set_training_mode(True)
@@ -159,24 +160,33 @@ class OffPACWorker(WorkerLogic):
             loss, stats = off_policy_ac_loss(self.policy, replayed, **self.loss_kwargs)  # type: ignore[arg-type]
             return loss, Segment(n_env_steps=0, stats={**stats, "offpac/replay_fraction": 1.0})
 
-        fresh, episode_infos = self._act_one_segment()
+        fresh = self._act_one_segment()
         # A non-finite reward makes this gradient one the learner drops; replaying it would only repeat that.
         if self.memory is not None and th.isfinite(fresh.rewards).all():
             self.memory.add(fresh)
             self._replay_credit += self.replay_ratio
         loss, stats = off_policy_ac_loss(self.policy, fresh, **self.loss_kwargs)  # type: ignore[arg-type]
         stats["offpac/replay_fraction"] = 0.0
-        return loss, Segment(n_env_steps=self.n_steps * self.env.num_envs, episode_infos=episode_infos, stats=stats)
+        return loss, Segment(n_env_steps=self.n_steps * self.env.num_envs, steps=self.step_log.pop(), stats=stats)
 
-    def _act_one_segment(self) -> tuple[OffPolicySegment, list[dict[str, float]]]:
+    def _act_one_segment(self) -> OffPolicySegment:
         env, policy = self.env, self.policy
         policy.set_training_mode(False)
         observations, actions, rewards, dones, behavior_log_probs = [self._last_obs], [], [], [], []
-        episode_infos: list[dict[str, float]] = []
         for _ in range(self.n_steps):
             step_actions, step_log_probs = self.behavior.act(self._last_obs, policy)
-            new_obs, step_rewards, step_dones, infos = env.step(actions_for_env(step_actions, env.action_space, policy))
-            episode_infos += finish_episodes(infos, step_dones, step_rewards, policy, self.gamma)
+            env_actions = actions_for_env(step_actions, env.action_space, policy)
+            new_obs, step_rewards, step_dones, infos = env.step(env_actions)
+            # What OffPolicyAlgorithm.collect_rollouts hands its callbacks: actions as given to the env.
+            self.step_log.add(
+                actions=env_actions,
+                buffer_actions=step_actions,
+                new_obs=new_obs,
+                rewards=step_rewards,
+                dones=step_dones,
+                infos=infos,
+            )
+            bootstrap_truncations(infos, step_dones, step_rewards, policy, self.gamma)
             actions.append(step_actions)
             rewards.append(step_rewards)
             dones.append(step_dones)
@@ -195,4 +205,4 @@ class OffPACWorker(WorkerLogic):
             dones=stack(dones).float(),
             behavior_log_probs=stack(behavior_log_probs).float(),
         )
-        return segment, episode_infos
+        return segment
