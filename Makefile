@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test bench bench-offpac bench-async-q results clean
+.PHONY: demo test lint bench bench-offpac bench-async-q results clean
 
 .venv-demo/.done: setup.py
 	$(PYTHON) -m venv .venv-demo
@@ -24,6 +24,11 @@ demo: .venv-demo/.done
 
 test: .venv-test/.done
 	.venv-test/bin/python -m pytest -q --durations=10
+
+# ruff with SB3's rule set (ruff.toml): the checks, then the formatting.
+lint: .venv-test/.done
+	.venv-test/bin/ruff check .
+	.venv-test/bin/ruff format --check .
 
 bench: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python throughput.py && ../.venv-test/bin/python time_to_solve.py

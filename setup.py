@@ -32,7 +32,7 @@ setup(
     extras_require={
         # The envs of the zoo configs beyond classic control: LunarLander (Box2D) and Atari.
         "envs": ["gymnasium[box2d]", "ale-py", "opencv-python-headless"],
-        "tests": ["pytest", "pytest-timeout", "gymnasium[box2d]", "ale-py", "opencv-python-headless"],
+        "tests": ["pytest", "pytest-timeout", "ruff>=0.5.6", "gymnasium[box2d]", "ale-py", "opencv-python-headless"],
         "docs": [],
     },
 )

@@ -72,7 +72,9 @@ class StopWhenGreedySolves(BaseCallback):
         return True
 
 
-def run_one(method: str, n_workers: int | None, seed: int, budget: int | None, eval_freq: int, threshold: float) -> dict[str, Any]:
+def run_one(
+    method: str, n_workers: int | None, seed: int, budget: int | None, eval_freq: int, threshold: float
+) -> dict[str, Any]:
     register()
     th.set_num_threads(1)
     algo, overrides, _ = METHODS[method]
@@ -101,7 +103,11 @@ def run_one(method: str, n_workers: int | None, seed: int, budget: int | None, e
 def median(values: list[float]) -> float:
     """Median over all seeds, an unsolved run counting as slower than any solved one (nan if half fail)."""
     ordered = sorted(values, key=lambda value: np.inf if np.isnan(value) else value)
-    middle = ordered[len(ordered) // 2] if len(ordered) % 2 else statistics.mean(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1])
+    middle = (
+        ordered[len(ordered) // 2]
+        if len(ordered) % 2
+        else statistics.mean(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1])
+    )
     return float(middle)
 
 
@@ -109,7 +115,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--budget", type=int, default=None, help="env steps per run (default: each config's n_timesteps, which its exploration schedule is relative to)")
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="env steps per run (default: each config's n_timesteps, which its exploration schedule is relative to)",
+    )
     parser.add_argument("--eval-freq", type=int, default=5_000)
     parser.add_argument("--threshold", type=float, default=475.0)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -123,20 +134,32 @@ def main() -> None:
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
                 result = pool.submit(run_one, method, n_workers, seed, args.budget, args.eval_freq, args.threshold).result()
             results.append(result)
-            print(f"{method:13s} workers={n_workers} seed={seed}: {result['steps']} steps, {result['seconds']:.1f} s (best {result['best']:.0f})", flush=True)
+            print(
+                f"{method:13s} workers={n_workers} seed={seed}: {result['steps']} steps, {result['seconds']:.1f} s (best {result['best']:.0f})",  # noqa: E501
+                flush=True,
+            )
 
-    reference = median([r["seconds"] for r in results if r["method"] == "DQN (SB3)"]) if "DQN (SB3)" in args.methods else np.nan
+    reference = (
+        median([r["seconds"] for r in results if r["method"] == "DQN (SB3)"]) if "DQN (SB3)" in args.methods else np.nan
+    )
     budget = f"{args.budget:,} steps" if args.budget else "each config's n_timesteps"
-    print(f"\nMedian training seconds to a greedy 10-episode mean >= {args.threshold:g} on {ENV_ID}, {args.seeds} seeds, budget: {budget}")
-    print(f"{'method':13s} {'workers':>7s} {'solved':>6s} {'steps':>9s} {'seconds':>8s} {'speed-up vs 1 worker':>21s} {'DQN time / time':>16s}")
+    print(
+        f"\nMedian training seconds to a greedy 10-episode mean >= {args.threshold:g} on {ENV_ID}, {args.seeds} seeds, budget: {budget}"  # noqa: E501
+    )
+    print(
+        f"{'method':13s} {'workers':>7s} {'solved':>6s} {'steps':>9s} {'seconds':>8s} {'speed-up vs 1 worker':>21s} {'DQN time / time':>16s}"  # noqa: E501
+    )
     for method in args.methods:
-        runs_by_workers = {n: [r for r in results if r["method"] == method and r["n_workers"] == n] for n in (args.workers if METHODS[method][2] else [None])}
+        runs_by_workers = {
+            n: [r for r in results if r["method"] == method and r["n_workers"] == n]
+            for n in (args.workers if METHODS[method][2] else [None])
+        }
         one_worker = median([r["seconds"] for r in runs_by_workers.get(1, [])]) if 1 in runs_by_workers else np.nan
         for n, runs in runs_by_workers.items():
             seconds = median([r["seconds"] for r in runs])
             solved = sum(not np.isnan(r["seconds"]) for r in runs)
             print(
-                f"{method:13s} {str(n or '-'):>7s} {solved:>4d}/{len(runs)} {median([r['steps'] for r in runs]):>9.0f} {seconds:>8.1f} "
+                f"{method:13s} {n or '-'!s:>7s} {solved:>4d}/{len(runs)} {median([r['steps'] for r in runs]):>9.0f} {seconds:>8.1f} "  # noqa: E501
                 f"{one_worker / seconds if n else np.nan:>21.2f} {reference / seconds:>16.2f}"
             )
 

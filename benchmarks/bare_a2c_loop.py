@@ -42,7 +42,7 @@ def bare_a2c_steps_per_second(n_envs: int = 8, n_steps: int = 5, seconds: float 
         with th.no_grad():
             ret = critic(th.as_tensor(obs, dtype=th.float32)).squeeze(-1)
         returns = []
-        for reward, not_done in zip(reversed(rewards), reversed(not_dones)):
+        for reward, not_done in zip(reversed(rewards), reversed(not_dones), strict=False):
             ret = reward + gamma * not_done * ret
             returns.append(ret)
         returns = th.stack(returns[::-1]).flatten()

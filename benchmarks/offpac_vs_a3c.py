@@ -101,17 +101,28 @@ def main() -> None:
             n_solved = sum(r is not None for r in runs)
             print(f"    {algo:<12} {steps:>9,.0f} steps  {seconds:>7.1f} s   solved {n_solved}/{len(runs)}", flush=True)
 
-    print(f"\nCartPole-v1: OffPolicyAC's deterministic target policy after {args.behaviour_budget:,} steps of "
-          "another policy's behaviour (20 evaluation episodes)", flush=True)
+    print(
+        f"\nCartPole-v1: OffPolicyAC's deterministic target policy after {args.behaviour_budget:,} steps of "
+        "another policy's behaviour (20 evaluation episodes)",
+        flush=True,
+    )
     expert = make_model("A3C", "CartPole-v1", seed=123).learn(200_000)
-    expert_score, _ = evaluate_policy(expert, make_vec_env("CartPole-v1", n_envs=1, seed=7), n_eval_episodes=20, deterministic=False)
+    expert_score, _ = evaluate_policy(
+        expert, make_vec_env("CartPole-v1", n_envs=1, seed=7), n_eval_episodes=20, deterministic=False
+    )
     print(f"  the expert (A3C, 200k steps), acting stochastically as it does for OffPolicyAC: {expert_score:.1f}")
-    uniform = [score_from_behaviour("uniform", "uniform random actions", seed, args.behaviour_budget) for seed in range(args.seeds)]
-    from_expert = [score_from_behaviour(expert, "the expert's behaviour", seed, args.behaviour_budget) for seed in range(args.seeds)]
+    uniform = [
+        score_from_behaviour("uniform", "uniform random actions", seed, args.behaviour_budget) for seed in range(args.seeds)
+    ]
+    from_expert = [
+        score_from_behaviour(expert, "the expert's behaviour", seed, args.behaviour_budget) for seed in range(args.seeds)
+    ]
     random_score = random_policy_score("CartPole-v1")
-    print(f"  medians: from uniform {statistics.median(uniform):.1f} (range {min(uniform):.0f}-{max(uniform):.0f}), "
-          f"from the expert {statistics.median(from_expert):.1f} (range {min(from_expert):.0f}-{max(from_expert):.0f}); "
-          f"a random policy scores {random_score:.1f}")
+    print(
+        f"  medians: from uniform {statistics.median(uniform):.1f} (range {min(uniform):.0f}-{max(uniform):.0f}), "
+        f"from the expert {statistics.median(from_expert):.1f} (range {min(from_expert):.0f}-{max(from_expert):.0f}); "
+        f"a random policy scores {random_score:.1f}"
+    )
 
 
 if __name__ == "__main__":

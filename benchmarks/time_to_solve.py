@@ -60,7 +60,7 @@ def main() -> None:
 
     results: dict[str, list[tuple[int, float] | None]] = {"A3C": [], "SB3 A2C": []}
     for seed in range(args.seeds):
-        for algo in (("A3C", "SB3 A2C") if seed % 2 == 0 else ("SB3 A2C", "A3C")):
+        for algo in ("A3C", "SB3 A2C") if seed % 2 == 0 else ("SB3 A2C", "A3C"):
             solved = run(algo, seed, args.budget)
             results[algo].append(solved)
             shown = f"{solved[0]:,} steps, {solved[1]:.1f} s" if solved else f"not solved in {args.budget:,} steps"
@@ -74,9 +74,11 @@ def main() -> None:
         medians[algo] = (steps, seconds)
         n_solved = sum(r is not None for r in runs)
         print(f"  {algo:<8} {steps:>9,.0f} steps  {seconds:>6.1f} s   solved {n_solved}/{len(runs)}")
-    ratios = [a[1] / b[1] for a, b in zip(results["A3C"], results["SB3 A2C"]) if a and b]
-    print(f"\nA3C / SB3 A2C wall-clock to solve: {medians['A3C'][1] / medians['SB3 A2C'][1]:.2f}x of medians, "
-          f"{statistics.median(ratios):.2f}x median of paired ratios (target <= 0.6)")
+    ratios = [a[1] / b[1] for a, b in zip(results["A3C"], results["SB3 A2C"], strict=False) if a and b]
+    print(
+        f"\nA3C / SB3 A2C wall-clock to solve: {medians['A3C'][1] / medians['SB3 A2C'][1]:.2f}x of medians, "
+        f"{statistics.median(ratios):.2f}x median of paired ratios (target <= 0.6)"
+    )
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def test_save_load_round_trip(tmp_path, no_leaks):
     loaded = A3C.load(tmp_path / "a3c", device="cpu")
     actions, _ = loaded.predict(obs, deterministic=True)
     np.testing.assert_array_equal(actions, expected)
-    for saved, restored in zip(model.policy.parameters(), loaded.policy.parameters()):
+    for saved, restored in zip(model.policy.parameters(), loaded.policy.parameters(), strict=False):
         th.testing.assert_close(saved, restored)
     # The RMSprop statistics travel too.
     assert loaded.policy.optimizer.state_dict()["state"].keys() == model.policy.optimizer.state_dict()["state"].keys()
@@ -201,7 +201,7 @@ def test_unpicklable_env_factory_names_the_fix():
         with lock:
             return gym.make("CartPole-v1")
 
-    with pytest.raises(ValueError, match="cannot be pickled.*module-level function"):
+    with pytest.raises(ValueError, match=r"cannot be pickled.*module-level function"):
         A3C("MlpPolicy", make_env, device="cpu")
 
 
@@ -213,7 +213,7 @@ def test_vec_env_the_workers_cannot_rebuild_names_the_fix():
         def step_wait(self):
             return self.venv.step_wait()
 
-    with pytest.raises(ValueError, match="CustomWrapper.*Pass `env` as an env id"):
+    with pytest.raises(ValueError, match=r"CustomWrapper.*Pass `env` as an env id"):
         A3C("MlpPolicy", CustomWrapper(make_vec_env("CartPole-v1")), device="cpu")
 
 

@@ -132,7 +132,9 @@ if __name__ == "__main__":
 """
 
 
-def _signal_training_and_check_nothing_is_left(tmp_path, when: str, send_signal, expected_exit: int, expected_output: str) -> None:
+def _signal_training_and_check_nothing_is_left(
+    tmp_path, when: str, send_signal, expected_exit: int, expected_output: str
+) -> None:
     script = tmp_path / "train.py"
     script.write_text(_TRAINING_SCRIPT)
     shm_before = set(os.listdir("/dev/shm"))

@@ -82,7 +82,9 @@ def test_offpac_solves_cartpole_from_epsilon_behaviour(seed, no_leaks):
 
 # The CartPole-v1 entry of zoo_configs/async_q.yml, with 2 workers x 2 envs; each method's paper
 # exploration (every worker draws its final epsilon from {0.1, 0.01, 0.5}).
-ASYNC_Q_CARTPOLE = dict(learning_rate=1e-3, train_freq=5, target_update_interval=1000, n_workers=2, envs_per_worker=2, device="cpu")
+ASYNC_Q_CARTPOLE = dict(
+    learning_rate=1e-3, train_freq=5, target_update_interval=1000, n_workers=2, envs_per_worker=2, device="cpu"
+)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +108,9 @@ def test_async_value_methods_solve_cartpole(method, budget, eval_every, seed, no
 def test_offpac_learns_from_uniform_behaviour(no_leaks):
     # Only random actions ever reach the env, so episodes last about 22 steps and the states near
     # the balanced pole's edge are rarely seen; the greedy target policy still balances far longer.
-    model = OffPolicyAC("MlpPolicy", "CartPole-v1", behavior_policy="uniform", n_workers=2, envs_per_worker=4, seed=0, device="cpu")
+    model = OffPolicyAC(
+        "MlpPolicy", "CartPole-v1", behavior_policy="uniform", n_workers=2, envs_per_worker=4, seed=0, device="cpu"
+    )
     model.learn(100_000)
     mean_reward, _ = evaluate_policy(model, make_vec_env("CartPole-v1", n_envs=1, seed=999), n_eval_episodes=20)
     assert mean_reward >= CARTPOLE_RANDOM_SCORE * 3, f"{mean_reward:.1f}"  # 135 to 190 measured

@@ -95,7 +95,7 @@ def test_one_step_loss_gradient_is_the_off_pac_update():
         delta = reward + gamma * policy.predict_values(s_next).item() - values.item()
     policy.zero_grad()
     (log_pi.sum() + values.sum()).backward()
-    for gradient, param in zip(loss_gradient, policy.parameters()):
+    for gradient, param in zip(loss_gradient, policy.parameters(), strict=False):
         assert th.allclose(-gradient, rho * delta * param.grad, atol=1e-6)
     assert rho * delta != 0
 

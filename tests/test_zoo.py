@@ -74,7 +74,9 @@ def test_n_envs_is_split_between_workers():
 def test_a_config_that_sets_envs_per_worker_is_refused(tmp_path):
     config = tmp_path / "a3c.yml"
     config.write_text("CartPole-v1:\n  n_envs: 8\n  envs_per_worker: 4\n  n_timesteps: 1000\n  policy: MlpPolicy\n")
-    manager = AsyncExperimentManager(argparse.Namespace(), "a3c", "CartPole-v1", str(tmp_path), eval_freq=-1, config=str(config))
+    manager = AsyncExperimentManager(
+        argparse.Namespace(), "a3c", "CartPole-v1", str(tmp_path), eval_freq=-1, config=str(config)
+    )
     with pytest.raises(ValueError, match="do not set envs_per_worker"):
         manager.setup_experiment()
 
@@ -164,7 +166,9 @@ def test_train_then_enjoy_reproduces_the_last_evaluation_with_normalize(tmp_path
     capsys.readouterr()
     main(["enjoy", "--algo", "a3c", "--env", "CartPole-v1", "-f", str(logs), "--no-render", "-n", "5000", "--seed", "0"])
     enjoyed = float(re.search(r"Mean reward: ([-\d.]+)", capsys.readouterr().out).group(1))
-    assert enjoyed == pytest.approx(last_evaluation, rel=0.25), f"enjoy {enjoyed} vs training's last evaluation {last_evaluation}"
+    assert enjoyed == pytest.approx(last_evaluation, rel=0.25), (
+        f"enjoy {enjoyed} vs training's last evaluation {last_evaluation}"
+    )
 
 
 def test_unknown_script_says_which_exist():

@@ -97,7 +97,7 @@ class A3CWorker(WorkerLogic):
         )
         self._last_obs = env.reset()
         self._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
-        self.step_log = StepLog()
+        self.step_log = StepLog(n_steps)
 
     def compute_loss(self) -> tuple[th.Tensor, Segment]:
         self._collect_segment()

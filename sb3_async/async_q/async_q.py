@@ -164,7 +164,10 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         return [*super()._excluded_save_params(), "_worker_exploration_rates"]
 
     def worker_exploration_schedules(self) -> list[LinearSchedule]:
-        """Each worker's epsilon schedule; the final values are drawn with ``seed``, so a seeded model draws the same ones on every ``learn()``."""
+        """
+        Each worker's epsilon schedule. The final values are drawn with ``seed``, so a seeded model draws
+        the same ones on every ``learn()``.
+        """
         rng = np.random.default_rng(self.seed)
         finals = rng.choice(self.exploration_final_eps, size=self.n_workers, p=self.exploration_final_eps_probs)
         return [LinearSchedule(self.exploration_initial_eps, float(final), self.exploration_fraction) for final in finals]
@@ -194,10 +197,14 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         raise NotImplementedError(f"{type(self).__name__} has no replay buffer to save: its workers learn from fresh segments")
 
     def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
-        raise NotImplementedError(f"{type(self).__name__} has no replay buffer to load into: its workers learn from fresh segments")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no replay buffer to load into: its workers learn from fresh segments"
+        )
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
-        raise NotImplementedError(f"{type(self).__name__} trains in learn(): the learner applies each worker's gradient as it arrives")
+        raise NotImplementedError(
+            f"{type(self).__name__} trains in learn(): the learner applies each worker's gradient as it arrives"
+        )
 
     def learn(
         self: SelfAsyncQLearning,

@@ -61,7 +61,7 @@ class AsyncQWorker(WorkerLogic):
         self.n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
         self._last_obs: Observations = env.reset()  # type: ignore[assignment]
         self._next_actions: np.ndarray | None = None
-        self.step_log = StepLog()
+        self.step_log = StepLog(train_freq)
 
     def epsilon_greedy(self, observations: th.Tensor | dict[str, th.Tensor], epsilon: float) -> np.ndarray:
         with th.no_grad():
@@ -87,13 +87,20 @@ class AsyncQWorker(WorkerLogic):
             new_obs, reward, dones, infos = env.step(self._next_actions)
             # What DQN's collect_rollouts hands its callbacks (the env's reward, before the bootstrap below).
             self.step_log.add(
-                actions=self._next_actions, buffer_actions=self._next_actions, new_obs=new_obs, rewards=reward, dones=dones, infos=infos
+                actions=self._next_actions,
+                buffer_actions=self._next_actions,
+                new_obs=new_obs,
+                rewards=reward,
+                dones=dones,
+                infos=infos,
             )
             reward = reward.astype(np.float32)
             # A time limit is not a terminal state: its reward gets the bootstrap, and the sum stops.
             for idx, terminal_observation in truncations(infos, dones):
                 terminal_obs = self.policy.obs_to_tensor(terminal_observation)[0]
-                reward[idx] += self.gamma * self.bootstrap_values(terminal_obs, self.epsilon_greedy(terminal_obs, epsilon)).item()
+                reward[idx] += (
+                    self.gamma * self.bootstrap_values(terminal_obs, self.epsilon_greedy(terminal_obs, epsilon)).item()
+                )
             observations.append(obs_as_tensor(new_obs, "cpu"))
             self._next_actions = self.epsilon_greedy(observations[-1], epsilon)
             rewards.append(reward)

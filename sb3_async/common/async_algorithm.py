@@ -223,7 +223,7 @@ class AsyncAlgorithmMixin:
         return NormalizationStatistics.of(self._vec_normalize_env)
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:
-        """SB3's ``set_env``: any env the constructor takes, with any number of envs (the workers make their own ``n_envs``)."""
+        """SB3's ``set_env``: any env the constructor takes, with any number of envs (the workers make their own)."""
         learner_env = self._wrap_env(self._learner_env(env), self.verbose)  # type: ignore[attr-defined]
         n_envs = self.n_envs
         self.n_envs = learner_env.num_envs  # what SB3 checks the env against
@@ -274,7 +274,9 @@ class AsyncAlgorithmMixin:
         # The learner's ops are tiny; idle intra-op threads would only spin on the workers' cores.
         user_threads = th.get_num_threads()
         self._policy_buffers = list(self.policy.buffers())
-        collector = AsyncGradientCollector(self._worker_spec(), self.n_workers, flat_params, buffers_to_vector(self._policy_buffers))
+        collector = AsyncGradientCollector(
+            self._worker_spec(), self.n_workers, flat_params, buffers_to_vector(self._policy_buffers)
+        )
         with sigterm_raises_system_exit():
             try:
                 callback.on_training_start(locals(), globals())

@@ -9,23 +9,26 @@ no barrier between workers::
     learner (main process)                               worker k  (K processes)
     ----------------------                               -----------------------
     release(k) -- "go" (+ VecNormalize stats, progress) --> wait for "go"
-                                                         copy the newest parameters  <--- params (shm)
+                                                         copy the newest parameters  <--- params, buffers (shm)
                                                          WorkerLogic.compute_loss():
                                                              n_steps in its own envs -> loss
                                                          loss.backward()
                                                          write the flat gradient ---> gradients[k] (shm)
-    next_report() <------------ report queue ----------- GradientReport(k, params_version, episodes, ...)
-    apply gradients[k] with the one optimizer
-    publish() ---> params (shm), params_version += 1
+                                                         and the buffer change   ---> buffer_changes[k] (shm)
+    next_report() <------------ report pipe ------------ GradientReport(k, params_version, env steps, ...)
+    apply gradients[k] with the one optimizer, add buffer_changes[k]
+    publish() ---> params, buffers (shm), params_version += 1
     release(k) ...
+    callbacks' on_step once per n_envs reported env steps
 
 Policy buffers (BatchNorm's running statistics) travel like the parameters: the learner publishes
 them with every update; each worker writes how its segment changed them into its own slot, and the
 learner adds that change to its buffers, as it applies the gradient.
 
-Tensors never travel through pickles: the parameters, the buffers, and one gradient slot and one
-buffer-change slot per worker live in shared memory, created once; the queue and the pipes only carry small messages that name a slot. A worker
-waits for its own "go" before it copies the parameters, so its next segment always runs with a
+Parameters and gradients never travel through pickles: they, the buffers, and one gradient slot and one
+buffer-change slot per worker live in shared memory, created once; the pipes carry the messages
+that name a slot, and the segment's env steps for the learner's callbacks. A worker waits
+for its own "go" before it copies the parameters, so its next segment always runs with a
 policy that includes its own last update, as in the paper's Hogwild version; how many *other*
 updates landed in between is the staleness the learner logs.
 
@@ -245,7 +248,9 @@ def _worker_main(
         params = list(policy.parameters())
         local_params = flat_parameters_view(params)
         if local_params.numel() != shared.params.numel():
-            raise RuntimeError(f"the worker's policy has {local_params.numel()} parameters, the learner's {shared.params.numel()}")
+            raise RuntimeError(
+                f"the worker's policy has {local_params.numel()} parameters, the learner's {shared.params.numel()}"
+            )
         buffers = list(policy.buffers())
         logic = spec.logic_class(env, policy, worker_id, **spec.logic_kwargs)
         my_gradient, my_buffer_change = shared.gradients[worker_id], shared.buffer_changes[worker_id]
@@ -307,7 +312,9 @@ class AsyncGradientCollector:
     :param initial_buffers: the learner's policy buffers (:func:`buffers_to_vector`), if it has any
     """
 
-    def __init__(self, spec: WorkerSpec, n_workers: int, initial_params: th.Tensor, initial_buffers: th.Tensor | None = None) -> None:
+    def __init__(
+        self, spec: WorkerSpec, n_workers: int, initial_params: th.Tensor, initial_buffers: th.Tensor | None = None
+    ) -> None:
         self.n_workers = n_workers
         # Pickling problems surface here, before any process starts.
         self._spec_bytes = dumps_for_workers(spec, what="the worker setup (policy, env factory, hyperparameters)")

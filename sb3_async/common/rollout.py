@@ -21,40 +21,63 @@ def actions_for_env(actions: np.ndarray, action_space: spaces.Space, policy: Bas
 class StepLog:
     """
     A segment's env steps as SB3's ``collect_rollouts`` holds them when it calls ``callback.on_step()``
-    (``new_obs``, ``rewards``, ``dones``, ``infos``, ``actions``, ...): the learner hands them to its
+    (``new_obs``, ``rewards``, ``dones``, ``infos``, ``actions``, ...), for the learner to hand to its
     callbacks, so that a callback written for A2C or DQN reads the same ``self.locals``.
+
+    Each column is written into an array of ``n_steps`` rows allocated at a segment's first step: one
+    small copy per value (VecFrameStack, for one, returns the same array every step, so a value must
+    be copied) and nothing to stack at the end.
+
+    :param n_steps: env steps per segment
     """
 
-    def __init__(self) -> None:
-        self._columns: dict[str, list[Any]] = {}
+    def __init__(self, n_steps: int) -> None:
+        self.n_steps = n_steps
+        self._columns: dict[str, Any] = {}
+        self._n_added = 0
 
     def add(self, **step: Any) -> None:
-        """Record one ``VecEnv.step()``. Arrays are copied: VecFrameStack, for one, returns the same array every step."""
+        """Record one ``VecEnv.step()``: arrays (or dicts of them) with a leading ``n_envs``, tensors, or ``infos``."""
         for key, value in step.items():
-            self._columns.setdefault(key, []).append(_copy_step_value(value))
+            column = self._columns.get(key)
+            if column is None:
+                column = self._columns[key] = _empty_column(value, self.n_steps)
+            _store(column, self._n_added, value)
+        self._n_added += 1
 
     def pop(self) -> dict[str, Any]:
         """The steps since the last call, each column time-first ``[n_steps, n_envs, ...]`` (``infos``: one list per step)."""
-        columns, self._columns = self._columns, {}
-        return {key: _stack(values) for key, values in columns.items()}
+        columns, n_added = self._columns, self._n_added
+        self._columns, self._n_added = {}, 0
+        if n_added < self.n_steps:
+            columns = {key: _first_rows(column, n_added) for key, column in columns.items()}
+        return columns
 
 
-def _copy_step_value(value: Any) -> Any:
+def _empty_column(value: Any, n_steps: int) -> Any:
     if isinstance(value, dict):
-        return {key: np.array(item) for key, item in value.items()}
+        return {key: _empty_column(item, n_steps) for key, item in value.items()}
     if isinstance(value, th.Tensor):
-        return value.detach().numpy().copy()
+        value = value.detach().numpy()
     if isinstance(value, np.ndarray):
-        return value.copy()
-    return value  # infos: DummyVecEnv and SubprocVecEnv already give a new list every step
+        return np.empty((n_steps, *value.shape), dtype=value.dtype)
+    return []  # infos: DummyVecEnv and SubprocVecEnv give a new list every step
 
 
-def _stack(values: list[Any]) -> Any:
-    if isinstance(values[0], dict):
-        return {key: np.stack([value[key] for value in values]) for key in values[0]}
-    if isinstance(values[0], np.ndarray):
-        return np.stack(values)
-    return values
+def _store(column: Any, row: int, value: Any) -> None:
+    if isinstance(column, dict):
+        for key, item in value.items():
+            _store(column[key], row, item)
+    elif isinstance(column, list):
+        column.append(value)
+    else:
+        column[row] = value.detach().numpy() if isinstance(value, th.Tensor) else value
+
+
+def _first_rows(column: Any, n_rows: int) -> Any:
+    if isinstance(column, dict):
+        return {key: _first_rows(item, n_rows) for key, item in column.items()}
+    return column[:n_rows]
 
 
 def truncations(infos: list[dict], dones: np.ndarray) -> Iterator[tuple[int, Any]]:

@@ -1,6 +1,7 @@
 """
 python -m sb3_async.compare --env CartPole-v1 --algos a3c a2c offpac --seeds 5 --timesteps 300000 --out results/
-python -m sb3_async.compare --env CartPole-v1 --algos a3c --scaling 1 2 --envs-per-worker 4 --seeds 3 --timesteps 200000 --out results/scaling
+python -m sb3_async.compare --env CartPole-v1 --algos a3c --scaling 1 2 --envs-per-worker 4 --seeds 3 --timesteps 200000 \
+    --out results/scaling
 """
 
 import argparse
@@ -15,7 +16,9 @@ from sb3_async.compare.report import write_report, write_report_from_csvs
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sb3_async.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sb3_async.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--env", required=True, help="gymnasium env id")
     parser.add_argument("--algos", nargs="+", default=["a3c", "a2c"], help="rl-zoo3 algo names (a3c, offpac, a2c, ppo, ...)")
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. seeds-1)")
@@ -23,12 +26,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--conf-file", default=None, help="an rl-zoo3 config file to use instead of each algo's default")
     parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--threshold", type=float, default=None, help="score that counts as solved (default: the env spec's reward_threshold)")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="score that counts as solved (default: the env spec's reward_threshold)"
+    )
     parser.add_argument("--window", type=int, default=100, help="training episodes averaged for the threshold")
     parser.add_argument("--num-threads", type=int, default=1, help="torch threads of each run's main process")
     parser.add_argument("--scaling", type=int, nargs="+", default=None, help="sweep these worker counts (async algos only)")
-    parser.add_argument("--envs-per-worker", type=int, default=None, help="in a scaling sweep, envs per worker (default: as configured)")
-    parser.add_argument("--report-only", action="store_true", help="redraw results.md and the plots from --out's CSVs, without training")
+    parser.add_argument(
+        "--envs-per-worker", type=int, default=None, help="in a scaling sweep, envs per worker (default: as configured)"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="redraw results.md and the plots from --out's CSVs, without training"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     command = "python -m sb3_async.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.report_only:
@@ -42,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     runs = plan_runs(
         args.algos, args.env, args.seeds, args.timesteps, args.scaling,
-        threshold=args.threshold, window=args.window, eval_episodes=args.eval_episodes, conf_file=args.conf_file, num_threads=args.num_threads,
-        envs_per_worker=args.envs_per_worker,
+        threshold=args.threshold, window=args.window, eval_episodes=args.eval_episodes, conf_file=args.conf_file,
+        num_threads=args.num_threads, envs_per_worker=args.envs_per_worker,
     )  # fmt: skip
     results = run_all(runs)
     print(write_report(results, args.out, command))

@@ -143,7 +143,9 @@ def run_one(spec: RunSpec) -> RunResult:
             eval_env = manager.create_envs(1, eval_env=True)
             if model.get_vec_normalize_env() is not None:
                 sync_envs_normalization(model.get_env(), eval_env)
-            final_score, _ = evaluate_policy(model, eval_env, n_eval_episodes=spec.eval_episodes, deterministic=manager.deterministic_eval)
+            final_score, _ = evaluate_policy(
+                model, eval_env, n_eval_episodes=spec.eval_episodes, deterministic=manager.deterministic_eval
+            )
             eval_env.close()
         finally:
             model.env.close()

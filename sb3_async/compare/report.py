@@ -13,13 +13,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from rliable import library as rly  # noqa: E402
-from scipy import stats  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from rliable import library as rly
+from scipy import stats
 
-from sb3_async.compare.harness import RunResult  # noqa: E402
+from sb3_async.compare.harness import RunResult
 
 BOOTSTRAP_REPS = 2000
 BOOTSTRAP_SEED = 0
@@ -31,7 +31,14 @@ def write_csvs(results: list[RunResult], out: Path) -> tuple[pd.DataFrame, pd.Da
     runs = pd.DataFrame([result.row() for result in results])
     curves = pd.DataFrame(
         [
-            {"label": r.spec.label, "algo": r.spec.algo, "seed": r.spec.seed, "step": step, "seconds": seconds, "episode_reward": reward}
+            {
+                "label": r.spec.label,
+                "algo": r.spec.algo,
+                "seed": r.spec.seed,
+                "step": step,
+                "seconds": seconds,
+                "episode_reward": reward,
+            }
             for r in results
             for step, seconds, reward in r.episodes
         ],

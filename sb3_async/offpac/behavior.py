@@ -164,7 +164,10 @@ def make_behavior(spec: BehaviorSpec, observation_space: spaces.Space, action_sp
             return TargetBehavior()
         if spec == "uniform":
             return UniformBehavior(action_space)
-        raise ValueError(f"unknown behavior_policy {spec!r}: use 'target', 'uniform', ('epsilon', eps), an SB3 model or policy, or a callable")
+        raise ValueError(
+            f"unknown behavior_policy {spec!r}: use 'target', 'uniform', ('epsilon', eps), an SB3 model or policy, "
+            "or a callable"
+        )
     if isinstance(spec, (tuple, list)):
         if len(spec) != 2 or spec[0] != "epsilon" or not isinstance(spec[1], (int, float)):
             raise ValueError(f"behavior_policy {spec!r}: the tuple form is ('epsilon', eps)")

@@ -150,7 +150,7 @@ class OffPACWorker(WorkerLogic):
         self._replay_credit = 0.0
         self._rng = np.random.default_rng(np.random.randint(2**31))
         self._last_obs: Observations = env.reset()  # type: ignore[assignment]
-        self.step_log = StepLog()
+        self.step_log = StepLog(n_steps)
 
     def compute_loss(self) -> tuple[th.Tensor, Segment]:
         self.policy.set_training_mode(True)

@@ -39,9 +39,9 @@ ASYNC_ALGOS = {"a3c": A3C, "offpac": OffPolicyAC, "async_q": AsyncQLearning, "as
 
 def register() -> None:
     """
-    Add ``a3c``, ``offpac``, ``async_q`` and ``async_sarsa`` to rl-zoo3's algorithm, sampler and converter tables. rl-zoo3 has no
-    plugin entry point; its scripts read these tables when they build their parsers, so this must
-    run before them (``sb3_async.zoo.main`` and :class:`AsyncExperimentManager` do it).
+    Add ``a3c``, ``offpac``, ``async_q`` and ``async_sarsa`` to rl-zoo3's algorithm, sampler and
+    converter tables. rl-zoo3 has no plugin entry point; its scripts read these tables when they
+    build their parsers, so this must run before them (``sb3_async.zoo.main`` and :class:`AsyncExperimentManager` do it).
     """
     ALGOS.update(ASYNC_ALGOS)
     HYPERPARAMS_SAMPLER.update(SAMPLERS)

@@ -130,7 +130,12 @@ def sample_async_q_params(trial: optuna.Trial, n_actions: int, n_envs: int, addi
     return {**convert_async_q_params(params), "envs_per_worker": n_envs // params["n_workers"]}
 
 
-SAMPLERS = {"a3c": sample_a3c_params, "offpac": sample_offpac_params, "async_q": sample_async_q_params, "async_sarsa": sample_async_q_params}
+SAMPLERS = {
+    "a3c": sample_a3c_params,
+    "offpac": sample_offpac_params,
+    "async_q": sample_async_q_params,
+    "async_sarsa": sample_async_q_params,
+}
 CONVERTERS = {
     "a3c": convert_a3c_params,
     "offpac": convert_offpac_params,
