@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 RUN = """
-import json, os, time
+import json, os, sys, time
 from stable_baselines3.common.callbacks import BaseCallback
 from sb3_async import A3C
 
@@ -31,25 +31,26 @@ class Threads(BaseCallback):
         return True
 
 if __name__ == "__main__":
-    if {subproc_first}:
+    subproc_first, timesteps, seed = sys.argv[1] == "True", int(sys.argv[2]), int(sys.argv[3])
+    if subproc_first:
         from stable_baselines3.common.env_util import make_vec_env
         from stable_baselines3.common.vec_env import SubprocVecEnv
         make_vec_env("CartPole-v1", n_envs=2, vec_env_cls=SubprocVecEnv).close()
-    model = A3C("MlpPolicy", "CartPole-v1", n_workers=8, envs_per_worker=1, seed={seed}, device="cpu")
+    model = A3C("MlpPolicy", "CartPole-v1", n_workers=8, envs_per_worker=1, seed=seed, device="cpu")
     started = time.perf_counter()
     model.learn(2_000)
     start_up = time.perf_counter() - started
     threads = Threads()
     started = time.perf_counter()
-    model.learn({timesteps}, callback=threads, reset_num_timesteps=False)
-    steps_per_s = {timesteps} / (time.perf_counter() - started)
+    model.learn(timesteps, callback=threads, reset_num_timesteps=False)
+    steps_per_s = timesteps / (time.perf_counter() - started)
     print(json.dumps(dict(steps_per_s=steps_per_s, threads=threads.threads, start_up=start_up)))
 """
 
 
 def run(subproc_first: bool, timesteps: int, seed: int) -> dict:
-    code = RUN.format(subproc_first=subproc_first, timesteps=timesteps, seed=seed)
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.getcwd())
+    command = [sys.executable, "-c", RUN, str(subproc_first), str(timesteps), str(seed)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=os.getcwd())
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 

@@ -6,12 +6,12 @@ import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter
 
+from sb3_async.common import forkserver as sb3_async_forkserver
+
 
 def forkserver_children() -> list[int]:
-    """Pids of live processes started by this test process's forkserver: our workers."""
-    server_pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
-    if server_pid is None:
-        return []
+    """Pids of live processes started by this test process's forkservers: sb3_async's (the workers) and Python's."""
+    server_pids = {sb3_async_forkserver.server_pid(), getattr(forkserver._forkserver, "_forkserver_pid", None)} - {None}
     children = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -22,7 +22,7 @@ def forkserver_children() -> list[int]:
         except OSError:  # it exited while we looked
             continue
         state, parent = fields[0], int(fields[1])
-        if parent == server_pid and state != "Z":
+        if parent in server_pids and state != "Z":
             children.append(int(entry))
     return children
 

@@ -4,6 +4,7 @@ Every env SB3's A2C accepts works in every algorithm, and callbacks see what SB3
 """
 
 import functools
+import os
 import threading
 
 import gymnasium as gym
@@ -349,3 +350,26 @@ def test_a3c_learns_sb3s_identity_env(no_leaks):
     model.learn(30_000)
     mean_reward, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=20, deterministic=True)
     assert mean_reward >= 90, f"mean reward {mean_reward} over 100-step episodes"
+
+
+class WorkerThreads(BaseCallback):
+    """Counts the threads of every worker process once training runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def _on_step(self) -> bool:
+        if not self.threads:
+            self.threads = [len(os.listdir(f"/proc/{pid}/task")) for pid in self.locals["collector"].worker_pids]
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_workers_start_alike_after_another_library_started_pythons_forkserver(no_leaks):
+    # SB3's SubprocVecEnv starts Python's forkserver (without sb3_async's preload) before A3C does.
+    make_vec_env("CartPole-v1", n_envs=2, vec_env_cls=SubprocVecEnv, vec_env_kwargs=dict(start_method="forkserver")).close()
+    threads = WorkerThreads()
+    A3C("MlpPolicy", "CartPole-v1", n_workers=2, seed=0, device="cpu").learn(200, callback=threads)
+    # Forked from sb3_async's own preloaded server: one thread each, no torch thread pool of their own.
+    assert threads.threads == [1, 1]

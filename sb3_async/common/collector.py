@@ -55,6 +55,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
+from sb3_async.common.forkserver import worker_context
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory, WorkerVecNormalize, dumps_for_workers
 
 # A worker that died is seen at once through its sentinel; this only bounds a wait that sees nothing.
@@ -289,18 +290,6 @@ def _worker_main(
                 pass
 
 
-def _multiprocessing_context() -> mp.context.BaseContext:
-    """``forkserver`` (workers fork from a clean server that has imported torch once), else ``spawn``."""
-    if "forkserver" in mp.get_all_start_methods():
-        context = mp.get_context("forkserver")
-        # Takes effect when the server starts (once per learner process); each worker then starts in
-        # milliseconds instead of importing torch and SB3 again. torch._dynamo is what the first
-        # torch optimizer of a process imports (about 1 s), and SB3 policies always build one.
-        context.set_forkserver_preload(["sb3_async", "torch._dynamo"])
-        return context
-    return mp.get_context("spawn")
-
-
 class AsyncGradientCollector:
     """
     The learner's side of the collector: starts the workers, hands out their gradients one at a
@@ -318,7 +307,7 @@ class AsyncGradientCollector:
         self.n_workers = n_workers
         # Pickling problems surface here, before any process starts.
         self._spec_bytes = dumps_for_workers(spec, what="the worker setup (policy, env factory, hyperparameters)")
-        self._context = _multiprocessing_context()
+        self._context = worker_context()
         flat = initial_params.detach().to("cpu").clone()
         buffers = th.zeros(0, dtype=th.float64) if initial_buffers is None else initial_buffers.to("cpu", th.float64).clone()
         self._shared = _SharedMemory(

@@ -1,0 +1,79 @@
+"""
+sb3_async's own forkserver, so that how workers start never depends on what ran before.
+
+Python keeps one forkserver per process and reads its preload list once, when the server starts.
+If anything else started it first (SB3's ``SubprocVecEnv`` for an eval env, rl-zoo3's
+``--vec-env subproc``, another library), workers forked from it would import torch themselves:
+seconds to start each, and a torch thread pool of their own beside the single thread they are
+meant to use (``benchmarks/startup_hijack.py`` measures both). So sb3_async starts a server of its
+own, preloaded with ``sb3_async`` and ``torch._dynamo``, the first time it needs one, and forks
+every worker from it. A child forked from it is an ordinary forkserver child; only the learner's
+side of the launch (which server to ask) differs from ``multiprocessing``'s.
+"""
+
+import io
+import multiprocessing as mp
+import os
+from multiprocessing import forkserver, spawn, util
+from multiprocessing.context import reduction, set_spawning_popen
+from typing import Any
+
+# What the server imports once, so that each worker starts in milliseconds: torch._dynamo is what
+# the first torch optimizer of a process imports (about 1 s), and SB3 policies always build one.
+PRELOAD = ["sb3_async", "torch._dynamo"]
+
+_server: forkserver.ForkServer | None = None
+
+
+def _the_server() -> forkserver.ForkServer:
+    global _server
+    if _server is None:
+        _server = forkserver.ForkServer()
+        _server.set_forkserver_preload(PRELOAD)
+    return _server
+
+
+def server_pid() -> int | None:
+    """The pid of sb3_async's forkserver, or None before it started: every worker is its child."""
+    return None if _server is None else _server._forkserver_pid
+
+
+if "forkserver" in mp.get_all_start_methods():  # not on Windows
+    from multiprocessing import popen_forkserver
+
+    class _Popen(popen_forkserver.Popen):
+        """``multiprocessing``'s forkserver launch, asking sb3_async's server instead of the process-wide one."""
+
+        def _launch(self, process_obj: Any) -> None:
+            prep_data = spawn.get_preparation_data(process_obj._name)
+            buffer = io.BytesIO()
+            set_spawning_popen(self)
+            try:
+                reduction.dump(prep_data, buffer)
+                reduction.dump(process_obj, buffer)
+            finally:
+                set_spawning_popen(None)
+            self.sentinel, data_pipe = _the_server().connect_to_new_process(self._fds)
+            # As multiprocessing does: a duplicate of the data pipe's write end tells the child its parent lives.
+            parent_alive = os.dup(data_pipe)
+            self.finalizer = util.Finalize(self, util.close_fds, (parent_alive, self.sentinel))
+            with open(data_pipe, "wb", closefd=True) as pipe:
+                pipe.write(buffer.getbuffer())
+            self.pid = forkserver.read_signed(self.sentinel)
+
+    class _Process(mp.context.ForkServerProcess):
+        @staticmethod
+        def _Popen(process_obj: Any) -> _Popen:
+            return _Popen(process_obj)
+
+    class PrivateForkServerContext(mp.context.ForkServerContext):
+        """A ``forkserver`` multiprocessing context whose processes fork from sb3_async's own server."""
+
+        Process = _Process  # type: ignore[assignment]
+
+
+def worker_context() -> mp.context.BaseContext:
+    """The context workers start with: sb3_async's forkserver where there is one (Linux, macOS), else ``spawn``."""
+    if "forkserver" in mp.get_all_start_methods():
+        return PrivateForkServerContext()  # type: ignore[possibly-undefined]
+    return mp.get_context("spawn")
