@@ -28,8 +28,9 @@ def test_harness_writes_csvs_plots_and_table(tiny_comparison):
     curves = pd.read_csv(out / "curves.csv")
     assert sorted(zip(runs["algo"], runs["seed"], strict=False)) == [("a2c", 0), ("a2c", 1), ("a3c", 0), ("a3c", 1)]
     assert (runs["timesteps"] == 4000).all() and (runs["fps"] > 0).all() and (runs["cpu_cores"] > 0).all()
-    # A3C's memory includes its worker processes, each with its own torch.
-    assert runs.loc[runs["algo"] == "a3c", "peak_rss_mb"].min() > runs.loc[runs["algo"] == "a2c", "peak_rss_mb"].max()
+    # A3C's memory includes its worker processes; PSS counts the pages they share with the learner once.
+    assert runs.loc[runs["algo"] == "a3c", "peak_pss_mb"].min() > runs.loc[runs["algo"] == "a2c", "peak_pss_mb"].max()
+    assert (runs["peak_pss_mb"] > 0).all() and (runs["peak_pss_mb"] <= runs["peak_rss_mb"]).all()
     assert runs["steps_to_threshold"].notna().all() and (runs["steps_to_threshold"] <= 4000).all()
     for (algo, seed), episodes in curves.groupby(["algo", "seed"]):
         assert episodes["step"].is_monotonic_increasing and episodes["step"].iloc[-1] <= 4000 + 8, (algo, seed)
@@ -61,6 +62,32 @@ def test_process_tree_monitor_counts_the_cpu_of_grandchildren():
         subprocess.run(["sh", "-c", f"{sys.executable} -c '{burn}'; sleep 0.3"], check=True)
     assert monitor.cpu_seconds >= 0.8
     assert monitor.peak_rss_bytes > 0
+
+
+SHARE_128_MB = """
+import os, time
+import numpy as np
+pages = np.ones(2**27 // 8)
+children = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(1.0)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+"""
+
+
+def test_memory_is_pss_which_counts_pages_shared_between_processes_once():
+    # A process touches 128 MB, then forks two children that share it until they exit.
+    with ProcessTreeMonitor(interval=0.05) as monitor:
+        own_rss, own_pss = monitor.peak_rss_bytes, monitor.peak_pss_bytes  # this test process alone, so far
+        subprocess.run([sys.executable, "-c", SHARE_128_MB], check=True)
+    mb = 2**20
+    assert monitor.peak_rss_bytes - own_rss > 3 * 120 * mb  # three processes' RSS each count the 128 MB
+    assert monitor.peak_pss_bytes - own_pss < 128 * mb + 100 * mb  # PSS counts it once (plus the interpreters)
 
 
 def test_steps_to_threshold_is_the_first_full_window_reaching_it():

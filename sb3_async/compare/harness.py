@@ -55,7 +55,8 @@ class RunResult:
     wall_seconds: float
     fps: float
     cpu_cores: float  # CPU seconds of the learner and its workers per wall-clock second
-    peak_rss_mb: float
+    peak_pss_mb: float  # the memory to read: summed PSS of the learner and its workers
+    peak_rss_mb: float  # summed RSS, which counts torch's shared pages once per worker
     final_score: float
     steps_to_threshold: float
     seconds_to_threshold: float
@@ -155,6 +156,7 @@ def run_one(spec: RunSpec) -> RunResult:
         wall_seconds=wall_seconds,
         fps=model.num_timesteps / wall_seconds,
         cpu_cores=monitor.cpu_seconds / wall_seconds,
+        peak_pss_mb=monitor.peak_pss_bytes / 2**20,
         peak_rss_mb=monitor.peak_rss_bytes / 2**20,
         final_score=float(final_score),
         steps_to_threshold=steps,

@@ -40,13 +40,30 @@ def _proc_stat(pid: int) -> tuple[int, int, int] | None:
     return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[21])
 
 
+def _pss_bytes(pid: int) -> int:
+    """
+    The proportional set size of ``pid`` (``/proc/PID/smaps_rollup``): its private pages plus its
+    share of the pages it shares. Summed over processes it counts every page once, where summed RSS
+    counts torch's shared pages once per worker. 0 if the process is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class ProcessTreeMonitor:
     """
-    Samples, a few times a second, the CPU time and resident memory of this process and all its
+    Samples, a few times a second, the CPU time and memory of this process and all its
     descendants: the asynchronous algorithms' workers are children of a forkserver, so
     ``getrusage`` of this process would not count them. CPU time is the sum over processes of the
-    last value seen (up to one interval of a worker's last work is missed); peak memory is the
-    largest sum of resident sizes seen at one time. Linux only (/proc).
+    last value seen (up to one interval of a worker's last work is missed). Peak memory is the
+    largest sum seen at one time of PSS (the measure to read: every page counted once) and, for
+    comparison, of RSS (which counts pages shared between processes once per process). Linux only (/proc).
     """
 
     def __init__(self, interval: float = 0.25) -> None:
@@ -55,12 +72,14 @@ class ProcessTreeMonitor:
         self.cpu_ticks: dict[int, int] = {}
         self.ticks_at_start = 0
         self.peak_rss_bytes = 0
+        self.peak_pss_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> "ProcessTreeMonitor":
         own = _proc_stat(self.root)
         self.ticks_at_start = own[1] if own else 0
+        self.sample()  # so that the peaks start from this process's own memory
         self._thread.start()
         return self
 
@@ -81,12 +100,14 @@ class ProcessTreeMonitor:
             children = [pid for pid, stat in stats.items() if stat[0] == parent and pid not in tree]
             tree.update(children)
             frontier.extend(children)
-        rss = 0
+        rss = pss = 0
         for pid in tree:
             if pid in stats:
                 self.cpu_ticks[pid] = stats[pid][1]
                 rss += stats[pid][2] * _PAGE_SIZE
+                pss += _pss_bytes(pid)
         self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+        self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
 
     @property
     def cpu_seconds(self) -> float:

@@ -74,12 +74,18 @@ def _median_and_range(values: pd.Series, fmt: str) -> str:
     return f"{values.median():{fmt}} ({values.min():{fmt}}–{values.max():{fmt}})"
 
 
+def _median(group: pd.DataFrame, column: str) -> str:
+    """The column's median, or a dash for runs recorded before the column existed."""
+    return f"{group[column].median():.0f}" if column in group and group[column].notna().any() else "–"
+
+
 def summary_table(runs: pd.DataFrame) -> str:
     """The Markdown table of results.md, computed from runs.csv's columns only."""
     lines = [
         "| algo | final score, IQM [95% CI] | final score, median (range) | steps to threshold, median (range) | "
-        "seconds to threshold, median (range) | solved | env steps/s, median (range) | CPU cores used | peak memory, MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "seconds to threshold, median (range) | solved | env steps/s, median (range) | CPU cores used | "
+        "peak memory (PSS), MB | peak summed RSS, MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, group in runs.groupby("label", sort=False):
         estimate, interval = iqm_with_ci(group["final_score"].to_numpy()[:, None])
@@ -91,7 +97,7 @@ def summary_table(runs: pd.DataFrame) -> str:
             f"| {_median_and_range(group['seconds_to_threshold'], '.1f')} "
             f"| {solved.sum()}/{len(group)} "
             f"| {_median_and_range(group['fps'], ',.0f')} "
-            f"| {group['cpu_cores'].median():.2f} | {group['peak_rss_mb'].median():.0f} |"
+            f"| {group['cpu_cores'].median():.2f} | {_median(group, 'peak_pss_mb')} | {group['peak_rss_mb'].median():.0f} |"
         )
     return "\n".join(lines)
 
