@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from sb3_async.compare import plan_runs, validate
+from sb3_async.compare.harness import RunSpec, run_one, with_latency_wrapper
 from sb3_async.compare.__main__ import main
 from sb3_async.compare.measure import ProcessTreeMonitor, first_time_solved
 from sb3_async.compare.report import plot_scaling, summary_table
@@ -114,6 +115,8 @@ def test_runs_interleave_the_algorithms_seed_by_seed():
         (dict(env_id="CartPole-v9"), "unknown env 'CartPole-v9'"),
         (dict(seeds=0), "seeds must be an integer >= 1"),
         (dict(algos=["a2c"], scaling=[1, 2]), "a scaling sweep varies n_workers"),
+        (dict(env_latency="gaussian:0.001"), "DISTRIBUTION:MEAN_SECONDS"),
+        (dict(env_latency="exponential:-1"), "DISTRIBUTION:MEAN_SECONDS"),
     ],
 )
 def test_bad_input_is_refused_before_any_training(args, message):
@@ -149,3 +152,17 @@ def test_report_only_redraws_the_same_table_from_the_csvs(tiny_comparison):
     main(["--env", "CartPole-v1", "--out", str(tiny_comparison), "--report-only"])
     assert results.read_text() == before  # same command line, same table (the bootstrap is seeded)
     assert (tiny_comparison / "curves_steps.png").exists()
+
+
+def test_env_latency_wraps_every_env_after_the_configured_wrappers():
+    latency = {"sb3_async.common.wrappers.RandomLatency": dict(mean_seconds=0.002, distribution="constant")}
+    assert with_latency_wrapper(None, "constant:0.002") == [latency]
+    atari = "stable_baselines3.common.atari_wrappers.AtariWrapper"
+    assert with_latency_wrapper(atari, "constant:0.002") == [atari, latency]
+    assert with_latency_wrapper([{atari: dict(frame_skip=2)}], "constant:0.002") == [{atari: dict(frame_skip=2)}, latency]
+
+
+def test_a_run_with_env_latency_steps_its_workers_envs_slowly(no_leaks):
+    # 200 steps over 2 workers x 4 envs (the a3c CartPole-v1 entry): 25 steps of 4 envs each, 5 ms per env step.
+    spec = RunSpec("a3c", "CartPole-v1", seed=0, timesteps=200, threshold=475, eval_episodes=1, env_latency="constant:0.005")
+    assert run_one(spec).wall_seconds >= 25 * 4 * 0.005 * 0.9

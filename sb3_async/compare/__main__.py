@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> None:
         "--envs-per-worker", type=int, default=None, help="in a scaling sweep, envs per worker (default: as configured)"
     )
     parser.add_argument(
+        "--env-latency",
+        default=None,
+        metavar="DIST:MEAN_SECONDS",
+        help="wrap every env in sb3_async.common.wrappers.RandomLatency (a random sleep before each step), "
+        "e.g. exponential:0.001",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="redraw results.md and the plots from --out's CSVs, without training"
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -46,13 +53,13 @@ def main(argv: list[str] | None = None) -> None:
         print(write_report_from_csvs(runs, curves, args.out, (args.out / "command.txt").read_text().strip()))
         return
     try:
-        validate(args.algos, args.env, args.seeds, args.timesteps, args.scaling)
+        validate(args.algos, args.env, args.seeds, args.timesteps, args.scaling, args.env_latency)
     except ValueError as error:
         parser.error(str(error))
     runs = plan_runs(
         args.algos, args.env, args.seeds, args.timesteps, args.scaling,
         threshold=args.threshold, window=args.window, eval_episodes=args.eval_episodes, conf_file=args.conf_file,
-        num_threads=args.num_threads, envs_per_worker=args.envs_per_worker,
+        num_threads=args.num_threads, envs_per_worker=args.envs_per_worker, env_latency=args.env_latency,
     )  # fmt: skip
     results = run_all(runs)
     print(write_report(results, args.out, command))

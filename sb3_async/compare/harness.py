@@ -21,6 +21,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import sync_envs_normalization
 from tqdm.auto import tqdm
 
+from sb3_async.common.wrappers import parse_latency
 from sb3_async.compare.measure import EpisodeRecorder, ProcessTreeMonitor, first_time_solved
 from sb3_async.zoo.experiment import ASYNC_ALGOS, AsyncExperimentManager, register
 
@@ -43,6 +44,7 @@ class RunSpec:
     envs_per_worker: int | None = None  # ... each with this many envs (default: as configured)
     conf_file: str | None = None
     num_threads: int = 1
+    env_latency: str | None = None  # "DISTRIBUTION:MEAN_SECONDS": every env wrapped in RandomLatency
 
     @property
     def label(self) -> str:
@@ -75,9 +77,13 @@ def threshold_for(env_id: str) -> float:
     return DEFAULT_THRESHOLDS.get(env_id, math.nan)
 
 
-def validate(algos: list[str], env_id: str, seeds: int, timesteps: int, scaling: list[int] | None = None) -> None:
+def validate(
+    algos: list[str], env_id: str, seeds: int, timesteps: int, scaling: list[int] | None = None, env_latency: str | None = None
+) -> None:
     """Every check that can fail before a run starts; a ValueError says what is wrong."""
     register()
+    if env_latency is not None:
+        parse_latency(env_latency)
     unknown = [algo for algo in algos if algo not in ALGOS]
     if unknown:
         raise ValueError(f"unknown algo(s) {unknown}: choose from {sorted(ALGOS)}")
@@ -95,6 +101,18 @@ def validate(algos: list[str], env_id: str, seeds: int, timesteps: int, scaling:
         synchronous = [algo for algo in algos if algo not in ASYNC_ALGOS]
         if synchronous:
             raise ValueError(f"a scaling sweep varies n_workers, which {synchronous} do not have; use {list(ASYNC_ALGOS)}")
+
+
+def with_latency_wrapper(configured_wrappers: Any, env_latency: str) -> list[Any]:
+    """The ``env_wrapper`` hyperparameter: the configured wrappers (rl-zoo3's forms), then RandomLatency outermost."""
+    distribution, mean_seconds = parse_latency(env_latency)
+    if configured_wrappers is None:
+        wrappers = []
+    elif isinstance(configured_wrappers, list):
+        wrappers = list(configured_wrappers)
+    else:
+        wrappers = [configured_wrappers]
+    return [*wrappers, {"sb3_async.common.wrappers.RandomLatency": dict(mean_seconds=mean_seconds, distribution=distribution)}]
 
 
 def plan_runs(
@@ -134,6 +152,9 @@ def run_one(spec: RunSpec) -> RunResult:
                 _, configured = manager.read_hyperparameters()
                 envs_per_worker = max(int(configured.get("n_envs", 1)) // int(configured.get("n_workers", 1)), 1)
             overrides.update(n_workers=spec.n_workers, n_envs=spec.n_workers * envs_per_worker)
+        if spec.env_latency is not None:
+            _, configured = manager.read_hyperparameters()
+            overrides["env_wrapper"] = with_latency_wrapper(configured.get("env_wrapper"), spec.env_latency)
         model, _ = manager.setup_experiment()
         recorder = EpisodeRecorder()
         try:
