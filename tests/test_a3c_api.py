@@ -274,3 +274,21 @@ def test_a_wrapper_gymnasium_cannot_recreate_reaches_the_workers_as_a_copy(no_le
     finally:
         worker_env.close()
     model.learn(100)
+
+
+@pytest.mark.parametrize("wait_for_own_update", [True, False])
+def test_a_worker_waits_for_its_own_update_only_in_the_papers_mode(wait_for_own_update, no_leaks):
+    # One worker: any staleness can only be its own last update, not yet applied when it copied the parameters.
+    model = A3C(
+        "MlpPolicy", "CartPole-v1", n_workers=1, n_steps=5, seed=0, device="cpu", wait_for_own_update=wait_for_own_update
+    )
+    output = RecordingOutput()
+    model.set_logger(Logger(folder=None, output_formats=[output]))
+    model.learn(3_000, log_interval=10)
+    staleness_max = max(dump["async/staleness_max"] for dump in output.dumps)
+    if wait_for_own_update:
+        assert staleness_max == 0
+    else:
+        # It starts its next segment at once, and never runs more than its two gradient slots ahead.
+        assert staleness_max in (1, 2)
+    assert model._n_updates == model.num_timesteps // 5

@@ -60,6 +60,10 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         of RMSProp update
     :param n_workers: Number of worker processes (default: the number of CPU cores available)
     :param envs_per_worker: Number of envs each worker steps together
+    :param wait_for_own_update: Whether a worker waits, after handing over a gradient, until the learner
+        has applied it, so that its next segment starts from parameters that include its own last update
+        (the paper's implementation). With False it starts the next segment at once, with the newest
+        parameters published then (no idle round trip; see ``docs/architecture.md``)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -93,6 +97,7 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         rms_prop_eps: float = 1e-5,
         n_workers: int | None = None,
         envs_per_worker: int = 1,
+        wait_for_own_update: bool = True,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -103,6 +108,7 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
     ) -> None:
         self.n_workers = default_n_workers() if n_workers is None else n_workers
         self.envs_per_worker = envs_per_worker
+        self.wait_for_own_update = wait_for_own_update
         self._validate_async_arguments(n_steps)
         if not isinstance(train_freq, (int, np.integer)) or train_freq < 1:
             raise ValueError(f"train_freq must be an integer >= 1 (steps per env per gradient), got {train_freq!r}")

@@ -212,6 +212,7 @@ class AsyncAlgorithmMixin:
             logic_kwargs=logic_kwargs,
             normalization=self._normalization_statistics(),
             seed=self.seed,
+            wait_for_own_update=getattr(self, "wait_for_own_update", True),  # models saved before it existed
         )
 
     def _worker_policy_kwargs(self) -> dict[str, Any]:
@@ -320,9 +321,9 @@ class AsyncAlgorithmMixin:
         Apply one worker's gradient (unless it is not finite), add its change to the policy buffers
         (e.g. BatchNorm statistics) to the learner's, publish, and let the worker go on.
         """
-        flat_gradient.copy_(collector.gradient(report.worker_id))
+        flat_gradient.copy_(collector.gradient(report))
         gradient_norm = flat_gradient.norm().item()
-        buffer_change = collector.buffer_change(report.worker_id) if self._policy_buffers else None
+        buffer_change = collector.buffer_change(report) if self._policy_buffers else None
         if np.isfinite(gradient_norm) and (buffer_change is None or bool(th.isfinite(buffer_change).all())):
             if self.max_grad_norm is not None:
                 # th.nn.utils.clip_grad_norm_, on the one flat tensor the .grad's are views of.

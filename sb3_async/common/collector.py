@@ -8,29 +8,38 @@ no barrier between workers::
 
     learner (main process)                               worker k  (K processes)
     ----------------------                               -----------------------
-    release(k) -- "go" (+ VecNormalize stats, progress) --> wait for "go"
-                                                         copy the newest parameters  <--- params, buffers (shm)
+                                                         copy the newest parameters <--- params, buffers (shm)
                                                          WorkerLogic.compute_loss():
                                                              n_steps in its own envs -> loss
                                                          loss.backward()
-                                                         write the flat gradient ---> gradients[k] (shm)
-                                                         and the buffer change   ---> buffer_changes[k] (shm)
-    next_report() <------------ report pipe ------------ GradientReport(k, params_version, env steps, ...)
-    apply gradients[k] with the one optimizer, add buffer_changes[k]
+                                                         (waits for an answer: see below)
+                                                         write the flat gradient --> gradients[k, slot] (shm)
+                                                         and the buffer change  --> buffer_changes[k, slot]
+    next_report() <------------ report pipe ------------ GradientReport(k, slot, params_version, env steps)
+    apply gradients[k, slot] with the one optimizer,     ... then its next segment
+      add buffer_changes[k, slot]
     publish() ---> params, buffers (shm), params_version += 1
-    release(k) ...
+    release(k) -- "go" (+ VecNormalize stats, progress) --> read when it comes: slot free, newest stats
     callbacks' on_step once per n_envs reported env steps
 
 Policy buffers (BatchNorm's running statistics) travel like the parameters: the learner publishes
-them with every update; each worker writes how its segment changed them into its own slot, and the
-learner adds that change to its buffers, as it applies the gradient.
+them with every update; each worker writes how its segment changed them into a slot of its own,
+and the learner adds that change to its buffers, as it applies the gradient.
 
-Parameters and gradients never travel through pickles: they, the buffers, and one gradient slot and one
-buffer-change slot per worker live in shared memory, created once; the pipes carry the messages
-that name a slot, and the segment's env steps for the learner's callbacks. A worker waits
-for its own "go" before it copies the parameters, so its next segment always runs with a
-policy that includes its own last update, as in the paper's Hogwild version; how many *other*
-updates landed in between is the staleness the learner logs.
+Parameters and gradients never travel through pickles: they, the buffers, and two gradient slots
+and two buffer-change slots per worker live in shared memory, created once; the pipes carry the
+messages that name a slot, and the segment's env steps for the learner's callbacks.
+
+Two ways to go on after a report (``wait_for_own_update``):
+
+- True, the default, the paper's: the worker waits for the learner's answer to its report, so its
+  next segment starts from parameters that include its own last update.
+- False, no idle round trip: the worker starts its next segment at once, with the newest
+  parameters published at that moment. Its next gradient goes into its other slot; it waits only
+  if the learner has not yet applied the gradient before last, which frees that slot.
+
+How many updates landed between a worker's parameter copy and the application of its gradient
+(with False, its own included) is the staleness the learner logs.
 
 The algorithm-specific half of a worker is a :class:`WorkerLogic` subclass living in the
 algorithm's own folder (e.g. ``sb3_async/a3c/worker.py``); the learner loop that drives this
@@ -61,6 +70,9 @@ from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory, Wor
 # A worker that died is seen at once through its sentinel; this only bounds a wait that sees nothing.
 _WAIT_SECONDS = 1.0
 _START_TIMEOUT_SECONDS = 120.0
+# Gradient slots per worker: a worker writes its next gradient into the other slot while the learner
+# still applies the last one, so it never waits for the learner unless that is two gradients behind.
+SLOTS_PER_WORKER = 2
 
 
 @dataclass
@@ -110,6 +122,9 @@ class WorkerSpec:
     logic_kwargs: dict[str, Any]
     normalization: NormalizationStatistics | None = None
     seed: int | None = None
+    # True: the paper's way, each segment starts from parameters that include the worker's own last
+    # update (it waits for the learner). False: no idle round trip (see the module docstring).
+    wait_for_own_update: bool = True
 
     def build_policy(self) -> BasePolicy:
         # The local copy never steps an optimizer, so its learning rate does not matter.
@@ -125,6 +140,7 @@ class GradientReport:
     params_version: int
     segment: Segment
     normalization: NormalizationStatistics | None = None
+    slot: int = 0  # which of the worker's gradient slots holds it
     staleness: int = 0  # filled in by the learner: updates applied since the worker copied the parameters
 
 
@@ -178,10 +194,10 @@ class _ReportChannel:
 class _SharedMemory:
     params: th.Tensor  # flat global parameters, written only by the learner
     params_version: th.Tensor  # int64[1]: number of updates applied so far
-    gradients: th.Tensor  # [n_workers, n_params]: row k written only by worker k
+    gradients: th.Tensor  # [n_workers, SLOTS_PER_WORKER, n_params]: row k written only by worker k
     params_lock: Any  # so that no worker copies half-written parameters
     buffers: th.Tensor  # float64 [n_buffer_values]: the policy's buffers (e.g. BatchNorm statistics), as params
-    buffer_changes: th.Tensor  # float64 [n_workers, n_buffer_values]: row k, what worker k's last segment changed
+    buffer_changes: th.Tensor  # float64 [n_workers, SLOTS_PER_WORKER, n_buffer_values]: what each gradient's segment changed
 
 
 def buffers_to_vector(buffers: Sequence[th.Tensor]) -> th.Tensor:
@@ -254,16 +270,22 @@ def _worker_main(
             )
         buffers = list(policy.buffers())
         logic = spec.logic_class(env, policy, worker_id, **spec.logic_kwargs)
-        my_gradient, my_buffer_change = shared.gradients[worker_id], shared.buffer_changes[worker_id]
         reports.send(_Ready(worker_id))
 
-        while True:
-            go = go_receiver.recv()
-            if go is _STOP:
+        answers = _Answers(go_receiver)
+        slot = 0
+        while answers.latest is not _STOP:
+            if spec.wait_for_own_update:
+                # The paper's way: the next segment starts from parameters that include this worker's last update.
+                answers.wait_until_unanswered(0)
+            else:
+                answers.read_those_already_sent()
+            if answers.latest is _STOP:
                 break
-            if go.normalization is not None and vec_normalize is not None:
-                vec_normalize.load_learner_statistics(go.normalization)
-            logic.progress_remaining = go.progress_remaining
+            latest = answers.latest
+            if latest.normalization is not None and vec_normalize is not None:
+                vec_normalize.load_learner_statistics(latest.normalization)
+            logic.progress_remaining = latest.progress_remaining
             with shared.params_lock:
                 local_params.copy_(shared.params)
                 if buffers:
@@ -273,11 +295,17 @@ def _worker_main(
             loss, segment = logic.compute_loss()
             policy.zero_grad(set_to_none=True)
             loss.backward()
-            write_flat_gradient(params, out=my_gradient)
+            # This slot held the report before last: it is free once that one was answered.
+            answers.wait_until_unanswered(SLOTS_PER_WORKER - 1)
+            if answers.latest is _STOP:
+                break
+            write_flat_gradient(params, out=shared.gradients[worker_id, slot])
             if buffers:
-                th.sub(buffers_to_vector(buffers), buffers_at_start, out=my_buffer_change)
+                th.sub(buffers_to_vector(buffers), buffers_at_start, out=shared.buffer_changes[worker_id, slot])
             new_statistics = vec_normalize.pop_new_statistics() if vec_normalize is not None else None
-            reports.send(GradientReport(worker_id, params_version, segment, new_statistics))
+            reports.send(GradientReport(worker_id, params_version, segment, new_statistics, slot=slot))
+            answers.unanswered += 1
+            slot = (slot + 1) % SLOTS_PER_WORKER
     except (EOFError, BrokenPipeError):
         pass  # the learner is gone: there is nobody to report to
     except BaseException:
@@ -288,6 +316,32 @@ def _worker_main(
                 env.close()
             except Exception:
                 pass
+
+
+class _Answers:
+    """
+    A worker's side of the "go" pipe. The first message starts the worker; each later one answers
+    one of its reports ("applied: that slot is free", with the newest statistics and progress),
+    until the stop message.
+    """
+
+    def __init__(self, go_receiver: Connection) -> None:
+        self._receiver = go_receiver
+        self.latest: Any = go_receiver.recv()  # the start signal, once every worker is ready
+        self.unanswered = 0
+
+    def _read_one(self) -> None:
+        self.latest = self._receiver.recv()
+        if self.latest is not _STOP:
+            self.unanswered -= 1
+
+    def wait_until_unanswered(self, at_most: int) -> None:
+        while self.unanswered > at_most and self.latest is not _STOP:
+            self._read_one()
+
+    def read_those_already_sent(self) -> None:
+        while self.latest is not _STOP and self._receiver.poll():
+            self._read_one()
 
 
 class AsyncGradientCollector:
@@ -313,10 +367,10 @@ class AsyncGradientCollector:
         self._shared = _SharedMemory(
             params=flat.share_memory_(),
             params_version=th.zeros(1, dtype=th.int64).share_memory_(),
-            gradients=th.zeros(n_workers, flat.numel(), dtype=flat.dtype).share_memory_(),
+            gradients=th.zeros(n_workers, SLOTS_PER_WORKER, flat.numel(), dtype=flat.dtype).share_memory_(),
             params_lock=self._context.Lock(),
             buffers=buffers.share_memory_(),
-            buffer_changes=th.zeros(n_workers, buffers.numel(), dtype=th.float64).share_memory_(),
+            buffer_changes=th.zeros(n_workers, SLOTS_PER_WORKER, buffers.numel(), dtype=th.float64).share_memory_(),
         )
         reader, writer = self._context.Pipe(duplex=False)
         self._reports = _ReportChannel(reader, writer, self._context.Lock())
@@ -364,13 +418,13 @@ class AsyncGradientCollector:
         message.staleness = self.version - message.params_version
         return message
 
-    def gradient(self, worker_id: int) -> th.Tensor:
-        """Worker ``worker_id``'s flat gradient, valid until that worker is released."""
-        return self._shared.gradients[worker_id]
+    def gradient(self, report: GradientReport) -> th.Tensor:
+        """The report's flat gradient, valid until its worker is released."""
+        return self._shared.gradients[report.worker_id, report.slot]
 
-    def buffer_change(self, worker_id: int) -> th.Tensor:
-        """How worker ``worker_id``'s last segment changed the policy buffers, valid until that worker is released."""
-        return self._shared.buffer_changes[worker_id]
+    def buffer_change(self, report: GradientReport) -> th.Tensor:
+        """How the report's segment changed the policy buffers, valid until its worker is released."""
+        return self._shared.buffer_changes[report.worker_id, report.slot]
 
     def publish(self, flat_params: th.Tensor, flat_buffers: th.Tensor | None = None) -> None:
         """Make ``flat_params`` (and ``flat_buffers``) the parameters (and buffers) that workers copy from now on."""
@@ -384,7 +438,7 @@ class AsyncGradientCollector:
     def release(
         self, worker_id: int, normalization: NormalizationStatistics | None = None, progress_remaining: float = 1.0
     ) -> None:
-        """Let worker ``worker_id`` copy the newest parameters and go on."""
+        """Tell worker ``worker_id`` its report was applied (its slot is free), with the newest statistics and progress."""
         self._go_senders[worker_id].send(_Go(normalization, progress_remaining))
 
     def close(self, timeout: float = 5.0) -> None:

@@ -62,6 +62,10 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         of RMSProp update
     :param n_workers: Number of worker processes (default: the number of CPU cores available)
     :param envs_per_worker: Number of envs each worker steps together
+    :param wait_for_own_update: Whether a worker waits, after handing over a gradient, until the learner
+        has applied it, so that its next segment starts from parameters that include its own last update
+        (the paper's implementation). With False it starts the next segment at once, with the newest
+        parameters published then (no idle round trip; see ``docs/architecture.md``)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -101,6 +105,7 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         rms_prop_eps: float = 1e-5,
         n_workers: int | None = None,
         envs_per_worker: int = 1,
+        wait_for_own_update: bool = True,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -111,6 +116,7 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
     ):
         self.n_workers = default_n_workers() if n_workers is None else n_workers
         self.envs_per_worker = envs_per_worker
+        self.wait_for_own_update = wait_for_own_update
         self._validate_async_arguments(n_steps)
         for name, value in (("rho_bar", rho_bar), ("c_bar", c_bar)):
             if not value > 0:
