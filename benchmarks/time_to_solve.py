@@ -4,6 +4,7 @@ A3C (2 workers x 4 envs) against SB3 A2C with the rl-zoo settings (8 envs, SB3 d
 Seeds are paired and the two algorithms interleaved, so machine drift hits both alike; medians.
 
     python benchmarks/time_to_solve.py --seeds 5
+    python benchmarks/time_to_solve.py --seeds 3 --no-wait     # A3C waiting for its own update, or not
 """
 
 import argparse
@@ -41,9 +42,12 @@ class StopWhenSolved(BaseCallback):
         return True
 
 
-def run(algo: str, seed: int, budget: int) -> tuple[int, float] | None:
-    if algo == "A3C":
-        model = A3C("MlpPolicy", "CartPole-v1", n_workers=2, envs_per_worker=4, seed=seed, device="cpu")
+def run(algo: str, seed: int, budget: int, workers: int = 2, envs_per_worker: int = 4) -> tuple[int, float] | None:
+    if algo.startswith("A3C"):
+        model = A3C(
+            "MlpPolicy", "CartPole-v1", n_workers=workers, envs_per_worker=envs_per_worker, seed=seed, device="cpu",
+            wait_for_own_update="no wait" not in algo,
+        )  # fmt: skip
     else:
         th.set_num_threads(1)  # SB3's fastest setting for a small MLP on CPU
         model = A2C("MlpPolicy", make_vec_env("CartPole-v1", n_envs=8, seed=seed), seed=seed, device="cpu")
@@ -56,12 +60,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=500_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--envs-per-worker", type=int, default=4)
+    parser.add_argument(
+        "--no-wait", action="store_true", help="also A3C with wait_for_own_update=False, against A3C waiting (no A2C)"
+    )
     args = parser.parse_args()
 
-    results: dict[str, list[tuple[int, float] | None]] = {"A3C": [], "SB3 A2C": []}
+    contestants = ("A3C", "A3C no wait") if args.no_wait else ("A3C", "SB3 A2C")
+    results: dict[str, list[tuple[int, float] | None]] = {algo: [] for algo in contestants}
     for seed in range(args.seeds):
-        for algo in ("A3C", "SB3 A2C") if seed % 2 == 0 else ("SB3 A2C", "A3C"):
-            solved = run(algo, seed, args.budget)
+        for algo in contestants if seed % 2 == 0 else contestants[::-1]:
+            solved = run(algo, seed, args.budget, args.workers, args.envs_per_worker)
             results[algo].append(solved)
             shown = f"{solved[0]:,} steps, {solved[1]:.1f} s" if solved else f"not solved in {args.budget:,} steps"
             print(f"seed {seed}: {algo}: {shown}", flush=True)
@@ -74,10 +84,11 @@ def main() -> None:
         medians[algo] = (steps, seconds)
         n_solved = sum(r is not None for r in runs)
         print(f"  {algo:<8} {steps:>9,.0f} steps  {seconds:>6.1f} s   solved {n_solved}/{len(runs)}")
-    ratios = [a[1] / b[1] for a, b in zip(results["A3C"], results["SB3 A2C"], strict=False) if a and b]
+    first, second = contestants
+    ratios = [a[1] / b[1] for a, b in zip(results[first], results[second], strict=False) if a and b]
     print(
-        f"\nA3C / SB3 A2C wall-clock to solve: {medians['A3C'][1] / medians['SB3 A2C'][1]:.2f}x of medians, "
-        f"{statistics.median(ratios):.2f}x median of paired ratios (target <= 0.6)"
+        f"\n{first} / {second} wall-clock to solve: {medians[first][1] / medians[second][1]:.2f}x of medians, "
+        f"{statistics.median(ratios):.2f}x median of paired ratios" + ("" if args.no_wait else " (target <= 0.6)")
     )
 
 
