@@ -4,8 +4,10 @@ rounds so that machine drift hits every contestant alike; medians over rounds ar
 
     python benchmarks/throughput.py --rounds 3 --timesteps 100000
 
-Contestants: the bare torch A2C loop (the per-core limit), SB3 A2C, and A3C with 1 and 2 workers,
-waiting for their own update (the default) and not (``wait_for_own_update=False``).
+Contestants: the bare torch A2C loop (the per-core limit), SB3 A2C, and A3C with 1 and 2 workers in
+three ways: the learner applies and each worker waits for its own update (the defaults), the
+learner applies and workers do not wait (``wait_for_own_update=False``), and workers apply their
+own gradients (``update_mode="hogwild"``).
 Every contestant does the same work per update: ``envs`` envs x n_steps 5, a 64x64 MLP.
 """
 
@@ -21,10 +23,16 @@ from bare_a2c_loop import bare_a2c_steps_per_second
 from sb3_async import A3C
 
 
-def a3c_steps_per_second(n_workers: int, envs_per_worker: int, timesteps: int, seed: int, wait: bool = True) -> float:
+MODES = {
+    "": dict(),
+    ", no wait": dict(wait_for_own_update=False),
+    ", hogwild": dict(update_mode="hogwild"),
+}
+
+
+def a3c_steps_per_second(n_workers: int, envs_per_worker: int, timesteps: int, seed: int, **options) -> float:
     model = A3C(
-        "MlpPolicy", "CartPole-v1", n_workers=n_workers, envs_per_worker=envs_per_worker, seed=seed, device="cpu",
-        wait_for_own_update=wait,
+        "MlpPolicy", "CartPole-v1", n_workers=n_workers, envs_per_worker=envs_per_worker, seed=seed, device="cpu", **options
     )  # fmt: skip
     model.learn(2_000)  # start-up (processes, first episodes) is not throughput
     started = time.perf_counter()
@@ -50,15 +58,13 @@ def main() -> None:
     contestants = {
         "bare torch A2C loop": lambda seed: bare_a2c_steps_per_second(n_envs=args.envs, seconds=10.0, seed=seed),
         f"SB3 A2C ({args.envs} envs)": lambda seed: sb3_a2c_steps_per_second(args.envs, args.timesteps, seed),
-        f"A3C 1 worker x {args.envs} envs": lambda seed: a3c_steps_per_second(1, args.envs, args.timesteps, seed),
-        f"A3C 2 workers x {args.envs} envs": lambda seed: a3c_steps_per_second(2, args.envs, args.timesteps, seed),
-        f"A3C 1 worker x {args.envs} envs, no wait": lambda seed: a3c_steps_per_second(
-            1, args.envs, args.timesteps, seed, False
-        ),
-        f"A3C 2 workers x {args.envs} envs, no wait": lambda seed: a3c_steps_per_second(
-            2, args.envs, args.timesteps, seed, False
-        ),
     }
+    for mode, options in MODES.items():
+        for n_workers in (1, 2):
+            name = f"A3C {n_workers} worker{'s' if n_workers > 1 else ''} x {args.envs} envs{mode}"
+            contestants[name] = lambda seed, n_workers=n_workers, options=options: a3c_steps_per_second(
+                n_workers, args.envs, args.timesteps, seed, **options
+            )
     results: dict[str, list[float]] = {name: [] for name in contestants}
     for round_index in range(args.rounds):
         for name, run in contestants.items():
@@ -66,13 +72,15 @@ def main() -> None:
             print(f"round {round_index}: {name}: {results[name][-1]:,.0f} steps/s", flush=True)
 
     median = {name: statistics.median(values) for name, values in results.items()}
-    bare, one, two, one_no_wait, two_no_wait = (median[name] for name in list(contestants)[:1] + list(contestants)[2:])
+    bare = median["bare torch A2C loop"]
     print(f"\nmedians over {args.rounds} rounds (env steps/s):")
     for name, value in median.items():
-        print(f"  {name:<28} {value:>8,.0f}   ({value / bare:.2f}x bare loop)")
-    print(f"\nA3C 2 workers / 1 worker: {two / one:.2f}x   (target >= 1.8)")
-    print(f"A3C 1 worker / bare loop: {one / bare:.2f}x   (target >= 0.85)")
-    print(f"no wait for its own update / waiting: 1 worker {one_no_wait / one:.2f}x, 2 workers {two_no_wait / two:.2f}x")
+        print(f"  {name:<36} {value:>8,.0f}   ({value / bare:.2f}x bare loop)")
+    a3c = list(median.values())[2:]
+    for index, mode in enumerate(MODES):
+        one, two = a3c[2 * index], a3c[2 * index + 1]
+        label = mode.lstrip(", ") or "learner applies, waiting"
+        print(f"{label:<26} 1 worker / bare loop {one / bare:.2f}x (target >= 0.85), 2 workers / 1 worker {two / one:.2f}x")
 
 
 if __name__ == "__main__":

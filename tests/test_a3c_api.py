@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3.common.callbacks import (
+    BaseCallback,
     CheckpointCallback,
     EvalCallback,
     StopTrainingOnRewardThreshold,
@@ -130,11 +131,25 @@ def test_continue_learning(no_leaks):
     assert 300 <= model.num_timesteps < first + 300
 
 
-def test_learning_rate_schedule_reaches_the_learner_optimizer(no_leaks):
-    model = A3C("MlpPolicy", "CartPole-v1", learning_rate=lambda progress: 1e-3 * progress, **FAST)
-    model.learn(1_000)
-    lr = model.policy.optimizer.param_groups[0]["lr"]
-    assert 0 < lr < 1e-3 * 0.1  # annealed towards 0 by the end of training
+class RecordLearningRate(BaseCallback):
+    def __init__(self):
+        super().__init__()
+        self.rates: list[float] = []
+
+    def _on_step(self) -> bool:
+        self.rates.append(self.model.policy.optimizer.param_groups[0]["lr"])
+        return True
+
+
+@pytest.mark.parametrize("update_mode", ["learner", "hogwild"])
+def test_learning_rate_schedule_reaches_the_learner_optimizer(update_mode, no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", learning_rate=lambda progress: 1e-3 * progress, update_mode=update_mode, **FAST)
+    recorder = RecordLearningRate()
+    model.learn(1_000, callback=recorder)
+    # As SB3's A2C: each update's rate counts the steps behind it, so the last one, at progress 0, is 0.
+    assert 0.98e-3 <= recorder.rates[0] < 1e-3
+    assert all(later <= earlier for earlier, later in zip(recorder.rates, recorder.rates[1:], strict=False))
+    assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
 
 
 def test_save_load_round_trip(tmp_path, no_leaks):

@@ -278,21 +278,24 @@ class BatchNormExtractor(BaseFeaturesExtractor):
         return self.net(observations)
 
 
+@pytest.mark.parametrize("update_mode", ["learner", "hogwild"])
 @pytest.mark.parametrize("algo", ["a3c", "async_q"])
-def test_batch_norm_statistics_reach_the_learner(algo, tmp_path, no_leaks):
+def test_batch_norm_statistics_reach_the_learner(algo, update_mode, tmp_path, no_leaks):
     algo_class, algo_kwargs = ALGOS[algo]
     model = algo_class(
         "MlpPolicy",
         ShiftedObsEnv(shift=5.0),
         n_workers=2,
+        envs_per_worker=8,  # batches of 40 or more, so that a batch's variance is a steady estimate
         seed=0,
         device="cpu",
+        update_mode=update_mode,
         policy_kwargs=dict(features_extractor_class=BatchNormExtractor),
         **algo_kwargs,
     )
     batch_norm = next(module for module in model.policy.modules() if isinstance(module, th.nn.BatchNorm1d))
     assert th.allclose(batch_norm.running_mean, th.zeros(3))
-    model.learn(2_000)
+    model.learn(4_000)
     # Every applied gradient's forward pass in training mode moved the statistics once, as in A2C's train().
     assert int(batch_norm.num_batches_tracked) == model._n_updates
     # And they reflect the training data: observations are 5 + N(0, 1).

@@ -23,6 +23,11 @@ ALGORITHMS = {
     # Segments of 5 steps, as the others'.
     "async_q": functools.partial(AsyncQLearning, "MlpPolicy", train_freq=5, **FAST),
     "async_sarsa": functools.partial(AsyncSARSA, "MlpPolicy", train_freq=5, **FAST),
+    # Workers that apply their own gradients fail, and are stopped, the same way.
+    "a3c_hogwild": functools.partial(A3C, "MlpPolicy", update_mode="hogwild", **FAST),
+    "offpac_hogwild": functools.partial(
+        OffPolicyAC, "MlpPolicy", learning_starts=20, batch_size=10, update_mode="hogwild", **FAST
+    ),
 }
 every_algorithm = pytest.mark.parametrize("make_model", ALGORITHMS.values(), ids=ALGORITHMS.keys())
 

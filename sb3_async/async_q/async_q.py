@@ -54,7 +54,7 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         worker, or the values each worker draws its own from
     :param exploration_final_eps_probs: the probability of each of ``exploration_final_eps``.
         Default: the paper's (0.4, 0.3, 0.3) for its (0.1, 0.01, 0.5), else uniform.
-    :param max_grad_norm: The maximum value for the gradient clipping (applied by the learner)
+    :param max_grad_norm: The maximum value for the gradient clipping (applied by whoever applies the gradient)
     :param use_rms_prop: Whether to use RMSprop (default, the paper's shared RMSprop) or Adam as optimizer
     :param rms_prop_eps: RMSProp epsilon. It stabilizes square root computation in denominator
         of RMSProp update
@@ -64,6 +64,9 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         has applied it, so that its next segment starts from parameters that include its own last update
         (the paper's implementation). With False it starts the next segment at once, with the newest
         parameters published then (no idle round trip; see ``docs/architecture.md``)
+    :param update_mode: Who applies the gradients. ``"learner"``: this process, one at a time, as they
+        arrive. ``"hogwild"``: each worker, lock-free, to the shared parameters with optimizer statistics
+        shared by all workers (the paper's variant; RMSprop, Adam or AdamW, on the CPU; see ``docs/architecture.md``)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -98,6 +101,7 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         n_workers: int | None = None,
         envs_per_worker: int = 1,
         wait_for_own_update: bool = True,
+        update_mode: str = "learner",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -109,6 +113,7 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         self.n_workers = default_n_workers() if n_workers is None else n_workers
         self.envs_per_worker = envs_per_worker
         self.wait_for_own_update = wait_for_own_update
+        self.update_mode = update_mode
         self._validate_async_arguments(n_steps)
         if not isinstance(train_freq, (int, np.integer)) or train_freq < 1:
             raise ValueError(f"train_freq must be an integer >= 1 (steps per env per gradient), got {train_freq!r}")

@@ -25,11 +25,15 @@ from sb3_async.common.collector import (
     GradientReport,
     WorkerSpec,
     buffers_to_vector,
+    clip_gradient_norm_,
     flat_gradient_view,
     flat_parameters_view,
     vector_to_buffers,
 )
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
+from sb3_async.common.hogwild import HogwildSettings, SharedOptimizerState, check_hogwild_optimizer
+
+UPDATE_MODES = ("learner", "hogwild")
 
 
 def default_n_workers() -> int:
@@ -148,12 +152,18 @@ class AsyncAlgorithmMixin:
     n_workers: int
     envs_per_worker: int
     max_grad_norm: float | None
+    update_mode: str
     _user_env: Any
 
     def _validate_async_arguments(self, n_steps: int) -> None:
         for name, value in (("n_workers", self.n_workers), ("envs_per_worker", self.envs_per_worker), ("n_steps", n_steps)):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self._update_mode() not in UPDATE_MODES:
+            raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {self._update_mode()!r}")
+
+    def _update_mode(self) -> str:
+        return getattr(self, "update_mode", "learner")  # models saved before it existed
 
     def _finish_init(self, use_rms_prop: bool, rms_prop_eps: float, init_setup_model: bool) -> None:
         """
@@ -168,6 +178,13 @@ class AsyncAlgorithmMixin:
         if use_rms_prop and "optimizer_class" not in self.policy_kwargs:  # type: ignore[attr-defined]
             self.policy_kwargs["optimizer_class"] = th.optim.RMSprop  # type: ignore[attr-defined]
             self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)  # type: ignore[attr-defined]
+        if self._update_mode() == "hogwild":
+            check_hogwild_optimizer(self.policy_kwargs.get("optimizer_class", th.optim.Adam))  # type: ignore[attr-defined]
+            if self.device.type != "cpu":  # type: ignore[attr-defined]
+                raise ValueError(
+                    f"update_mode='hogwild' keeps the parameters in shared CPU memory, where the workers update them; "
+                    f"pass device='cpu' (got device={self.device})"  # type: ignore[attr-defined]
+                )
         self.n_envs = self.n_workers * self.envs_per_worker
         if self.env is not None:
             self._worker_env_factory()
@@ -200,7 +217,7 @@ class AsyncAlgorithmMixin:
     def _worker_logic(self) -> tuple[type, dict[str, Any]]:
         raise NotImplementedError
 
-    def _worker_spec(self) -> WorkerSpec:
+    def _worker_spec(self, hogwild: HogwildSettings | None = None) -> WorkerSpec:
         logic_class, logic_kwargs = self._worker_logic()
         return WorkerSpec(
             env_factory=self._worker_env_factory(),
@@ -213,6 +230,7 @@ class AsyncAlgorithmMixin:
             normalization=self._normalization_statistics(),
             seed=self.seed,
             wait_for_own_update=getattr(self, "wait_for_own_update", True),  # models saved before it existed
+            hogwild=hogwild,
         )
 
     def _worker_policy_kwargs(self) -> dict[str, Any]:
@@ -235,7 +253,15 @@ class AsyncAlgorithmMixin:
         self._user_env = env
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_user_env", "_unreported_steps", "_policy_buffers"]  # type: ignore[misc]
+        excluded = ["_user_env", "_unreported_steps", "_policy_buffers", "_shared_optimizer_state"]
+        return [*super()._excluded_save_params(), *excluded]  # type: ignore[misc]
+
+    def get_parameters(self) -> dict[str, dict]:
+        """SB3's ``get_parameters``; during a Hogwild ``learn()`` (a callback saving, say), with the workers' optimizer."""
+        shared_state: SharedOptimizerState | None = getattr(self, "_shared_optimizer_state", None)
+        if shared_state is not None:
+            shared_state.copy_to(self.policy.optimizer, list(self.policy.parameters()))  # type: ignore[attr-defined]
+        return super().get_parameters()  # type: ignore[misc]
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         if progress_bar:
@@ -263,6 +289,7 @@ class AsyncAlgorithmMixin:
         if reset_num_timesteps or not hasattr(self, "_unreported_steps"):
             self._unreported_steps = PendingSteps()  # env steps not yet passed to callbacks (fewer than n_envs)
             self.dropped_updates = 0
+        self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
         # The learner's apply is on every worker's critical path. Parameters and gradients as views of
         # two flat tensors make loading a gradient, clipping it and publishing parameters one op each.
         params = list(self.policy.parameters())
@@ -275,9 +302,29 @@ class AsyncAlgorithmMixin:
         # The learner's ops are tiny; idle intra-op threads would only spin on the workers' cores.
         user_threads = th.get_num_threads()
         self._policy_buffers = list(self.policy.buffers())
-        collector = AsyncGradientCollector(
-            self._worker_spec(), self.n_workers, flat_params, buffers_to_vector(self._policy_buffers)
-        )
+        hogwild = self._update_mode() == "hogwild"
+        if hogwild:
+            steps_taken = self.num_timesteps + self._unreported_steps.n_rows
+            settings = HogwildSettings(self.lr_schedule, self.max_grad_norm, steps_taken, total_timesteps)  # type: ignore[attr-defined]
+            # Exactly the steps the loop below waits for: on_step counts n_envs at a time.
+            n_calls_left = -(-(total_timesteps - self.num_timesteps) // self.n_envs)
+            step_budget = n_calls_left * self.n_envs - self._unreported_steps.n_rows
+            collector = AsyncGradientCollector(
+                self._worker_spec(settings),
+                self.n_workers,
+                flat_params,
+                buffers_to_vector(self._policy_buffers),
+                SharedOptimizerState.of(self.policy.optimizer, params),
+                step_budget,
+            )
+            # The learner's parameters become views of the ones the workers update, so callbacks see them.
+            th.nn.utils.vector_to_parameters(collector.shared_params, params)
+            self._shared_optimizer_state = collector.optimizer_state
+        else:
+            collector = AsyncGradientCollector(
+                self._worker_spec(), self.n_workers, flat_params, buffers_to_vector(self._policy_buffers)
+            )
+        shared_buffers = collector.shared_buffers
         with sigterm_raises_system_exit():
             try:
                 callback.on_training_start(locals(), globals())
@@ -285,9 +332,14 @@ class AsyncAlgorithmMixin:
                 collector.start()
                 while self.num_timesteps < total_timesteps:
                     report = collector.next_report()
-                    self._apply_report(collector, report, flat_params, flat_gradient)
+                    # As SB3's learning rate for a rollout's update: counting the rollout's own steps.
+                    steps_taken = self.num_timesteps + self._unreported_steps.n_rows + report.segment.n_env_steps
+                    self._update_current_progress_remaining(steps_taken, total_timesteps)
+                    if hogwild:
+                        self._account_for_hogwild_update(collector, report)
+                    else:
+                        self._apply_report(collector, report, flat_params, flat_gradient)
                     window.add(report)
-                    self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
                     if not self._run_callbacks(callback, report):
                         break
                     done_iterations = (self.num_timesteps - self._num_timesteps_at_start) // timesteps_per_iteration
@@ -300,6 +352,13 @@ class AsyncAlgorithmMixin:
             finally:
                 collector.close()
                 th.set_num_threads(user_threads)
+                if hogwild:
+                    # The learner's own copy again, of what the workers made, with the optimizer state in SB3's form.
+                    flat_parameters_view(params)
+                    if self._policy_buffers:
+                        vector_to_buffers(shared_buffers, self._policy_buffers)
+                    self._shared_optimizer_state.copy_to(self.policy.optimizer, params)
+                    self._shared_optimizer_state = None
         callback.on_training_end()
         return self
 
@@ -325,9 +384,7 @@ class AsyncAlgorithmMixin:
         gradient_norm = flat_gradient.norm().item()
         buffer_change = collector.buffer_change(report) if self._policy_buffers else None
         if np.isfinite(gradient_norm) and (buffer_change is None or bool(th.isfinite(buffer_change).all())):
-            if self.max_grad_norm is not None:
-                # th.nn.utils.clip_grad_norm_, on the one flat tensor the .grad's are views of.
-                flat_gradient.mul_(min(1.0, self.max_grad_norm / (gradient_norm + 1e-6)))
+            clip_gradient_norm_(flat_gradient, gradient_norm, self.max_grad_norm)
             self._update_learning_rate(self.policy.optimizer)
             self.policy.optimizer.step()
             flat_buffers = None
@@ -344,6 +401,28 @@ class AsyncAlgorithmMixin:
                 report.normalization.merge_into(self._vec_normalize_env)
         else:
             # A dropped update contributes nothing, not even its normalization statistics.
+            self.dropped_updates += 1
+        collector.release(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
+
+    def _account_for_hogwild_update(self, collector: AsyncGradientCollector, report: GradientReport) -> None:
+        """
+        Hogwild: the worker applied its gradient itself (unless it was not finite). Do the learner's
+        share: count it, refresh what follows the parameters (a target network), merge VecNormalize
+        statistics, and pass the worker the newest ones.
+        """
+        if report.applied:
+            self._update_learning_rate(self.policy.optimizer)  # what the workers use, logged as in learner mode
+            if self._policy_buffers:
+                with collector.lock:  # workers add their buffer changes under it
+                    vector_to_buffers(collector.shared_buffers, self._policy_buffers)
+                    self._after_gradient_step(report)
+                    collector.shared_buffers.copy_(buffers_to_vector(self._policy_buffers))
+            else:
+                self._after_gradient_step(report)
+            self._n_updates += 1
+            if report.normalization is not None and self._vec_normalize_env is not None:
+                report.normalization.merge_into(self._vec_normalize_env)
+        else:
             self.dropped_updates += 1
         collector.release(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
 

@@ -41,6 +41,12 @@ Two ways to go on after a report (``wait_for_own_update``):
 How many updates landed between a worker's parameter copy and the application of its gradient
 (with False, its own included) is the staleness the learner logs.
 
+With ``update_mode="hogwild"`` (``WorkerSpec.hogwild`` set) a worker applies its gradient itself,
+lock-free, to the shared parameters with an optimizer state that all workers share
+(:mod:`sb3_async.common.hogwild`), then reports what it did and goes on without waiting; the
+learner only counts, calls back, logs and merges statistics. Each worker claims its segment's env
+steps from a shared budget before it applies, so exactly the steps ``learn()`` asked for are applied.
+
 The algorithm-specific half of a worker is a :class:`WorkerLogic` subclass living in the
 algorithm's own folder (e.g. ``sb3_async/a3c/worker.py``); the learner loop that drives this
 collector is :class:`sb3_async.common.async_algorithm.AsyncAlgorithmMixin`.
@@ -66,6 +72,7 @@ from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
 from sb3_async.common.forkserver import worker_context
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory, WorkerVecNormalize, dumps_for_workers
+from sb3_async.common.hogwild import HogwildSettings, SharedOptimizerState
 
 # A worker that died is seen at once through its sentinel; this only bounds a wait that sees nothing.
 _WAIT_SECONDS = 1.0
@@ -125,6 +132,8 @@ class WorkerSpec:
     # True: the paper's way, each segment starts from parameters that include the worker's own last
     # update (it waits for the learner). False: no idle round trip (see the module docstring).
     wait_for_own_update: bool = True
+    # Set for update_mode="hogwild": the worker applies its own gradients (see sb3_async.common.hogwild).
+    hogwild: HogwildSettings | None = None
 
     def build_policy(self) -> BasePolicy:
         # The local copy never steps an optimizer, so its learning rate does not matter.
@@ -141,7 +150,10 @@ class GradientReport:
     segment: Segment
     normalization: NormalizationStatistics | None = None
     slot: int = 0  # which of the worker's gradient slots holds it
-    staleness: int = 0  # filled in by the learner: updates applied since the worker copied the parameters
+    # Updates applied since the worker copied the parameters: filled in by the learner, or by a Hogwild worker.
+    staleness: int = 0
+    # Hogwild: whether the worker applied it (False: not finite, dropped). None: the learner applies it.
+    applied: bool | None = None
 
 
 @dataclass
@@ -198,6 +210,10 @@ class _SharedMemory:
     params_lock: Any  # so that no worker copies half-written parameters
     buffers: th.Tensor  # float64 [n_buffer_values]: the policy's buffers (e.g. BatchNorm statistics), as params
     buffer_changes: th.Tensor  # float64 [n_workers, SLOTS_PER_WORKER, n_buffer_values]: what each gradient's segment changed
+    # Hogwild only: the optimizer's state, stepped by every worker, and int64 [env steps claimed, budget]:
+    # a worker claims its segment's steps before it applies the gradient, and stops once the budget is spent.
+    optimizer_state: SharedOptimizerState | None = None
+    claims: th.Tensor = field(default_factory=lambda: th.zeros(2, dtype=th.int64))
 
 
 def buffers_to_vector(buffers: Sequence[th.Tensor]) -> th.Tensor:
@@ -233,6 +249,12 @@ def write_flat_gradient(params: Sequence[th.nn.Parameter], out: th.Tensor) -> No
         offset += size
 
 
+def clip_gradient_norm_(flat_gradient: th.Tensor, gradient_norm: float, max_norm: float | None) -> None:
+    """``th.nn.utils.clip_grad_norm_`` on one flat gradient whose norm is already known."""
+    if max_norm is not None:
+        flat_gradient.mul_(min(1.0, max_norm / (gradient_norm + 1e-6)))
+
+
 def flat_gradient_view(params: Sequence[th.nn.Parameter]) -> th.Tensor:
     """Give every parameter a ``.grad`` that is a view into one flat zero tensor (returned)."""
     flat = th.zeros(sum(param.numel() for param in params), dtype=params[0].dtype, device=params[0].device)
@@ -262,50 +284,18 @@ def _worker_main(
         vec_normalize = unwrap_vec_normalize(env)
         assert vec_normalize is None or isinstance(vec_normalize, WorkerVecNormalize)
         policy = spec.build_policy()
-        params = list(policy.parameters())
-        local_params = flat_parameters_view(params)
+        local_params = flat_parameters_view(list(policy.parameters()))
         if local_params.numel() != shared.params.numel():
             raise RuntimeError(
                 f"the worker's policy has {local_params.numel()} parameters, the learner's {shared.params.numel()}"
             )
-        buffers = list(policy.buffers())
-        logic = spec.logic_class(env, policy, worker_id, **spec.logic_kwargs)
+        worker = _Worker(worker_id, spec, shared, policy, local_params, vec_normalize, env, reports)
         reports.send(_Ready(worker_id))
-
         answers = _Answers(go_receiver)
-        slot = 0
-        while answers.latest is not _STOP:
-            if spec.wait_for_own_update:
-                # The paper's way: the next segment starts from parameters that include this worker's last update.
-                answers.wait_until_unanswered(0)
-            else:
-                answers.read_those_already_sent()
-            if answers.latest is _STOP:
-                break
-            latest = answers.latest
-            if latest.normalization is not None and vec_normalize is not None:
-                vec_normalize.load_learner_statistics(latest.normalization)
-            logic.progress_remaining = latest.progress_remaining
-            with shared.params_lock:
-                local_params.copy_(shared.params)
-                if buffers:
-                    buffers_at_start = shared.buffers.clone()
-                    vector_to_buffers(buffers_at_start, buffers)
-                params_version = int(shared.params_version.item())
-            loss, segment = logic.compute_loss()
-            policy.zero_grad(set_to_none=True)
-            loss.backward()
-            # This slot held the report before last: it is free once that one was answered.
-            answers.wait_until_unanswered(SLOTS_PER_WORKER - 1)
-            if answers.latest is _STOP:
-                break
-            write_flat_gradient(params, out=shared.gradients[worker_id, slot])
-            if buffers:
-                th.sub(buffers_to_vector(buffers), buffers_at_start, out=shared.buffer_changes[worker_id, slot])
-            new_statistics = vec_normalize.pop_new_statistics() if vec_normalize is not None else None
-            reports.send(GradientReport(worker_id, params_version, segment, new_statistics, slot=slot))
-            answers.unanswered += 1
-            slot = (slot + 1) % SLOTS_PER_WORKER
+        if spec.hogwild is None:
+            worker.run_learner_mode(answers)
+        else:
+            worker.run_hogwild(answers, spec.hogwild)
     except (EOFError, BrokenPipeError):
         pass  # the learner is gone: there is nobody to report to
     except BaseException:
@@ -316,6 +306,131 @@ def _worker_main(
                 env.close()
             except Exception:
                 pass
+
+
+class _Worker:
+    """A worker's loop, in each update mode: copy the parameters, run a segment, hand over (or apply) its gradient."""
+
+    def __init__(
+        self,
+        worker_id: int,
+        spec: WorkerSpec,
+        shared: _SharedMemory,
+        policy: BasePolicy,
+        local_params: th.Tensor,
+        vec_normalize: WorkerVecNormalize | None,
+        env: VecEnv,
+        reports: _ReportChannel,
+    ) -> None:
+        self.worker_id = worker_id
+        self.spec = spec
+        self.shared = shared
+        self.policy = policy
+        self.params = list(policy.parameters())
+        self.local_params = local_params
+        self.buffers = list(policy.buffers())
+        self.buffers_at_start = th.zeros(0, dtype=th.float64)
+        self.vec_normalize = vec_normalize
+        self.reports = reports
+        self.logic = spec.logic_class(env, policy, worker_id, **spec.logic_kwargs)
+
+    def _take_answer(self, answer: "_Go") -> None:
+        if answer.normalization is not None and self.vec_normalize is not None:
+            self.vec_normalize.load_learner_statistics(answer.normalization)
+        self.logic.progress_remaining = answer.progress_remaining
+
+    def _copy_shared_parameters(self) -> int:
+        """Copy the newest parameters and buffers into the local policy; return their version."""
+        with self.shared.params_lock:
+            self.local_params.copy_(self.shared.params)
+            if self.buffers:
+                self.buffers_at_start = self.shared.buffers.clone()
+                vector_to_buffers(self.buffers_at_start, self.buffers)
+            return int(self.shared.params_version.item())
+
+    def _run_segment(self) -> Segment:
+        loss, segment = self.logic.compute_loss()
+        self.policy.zero_grad(set_to_none=True)
+        loss.backward()
+        return segment
+
+    def _write_buffer_change(self, out: th.Tensor) -> None:
+        if self.buffers:
+            th.sub(buffers_to_vector(self.buffers), self.buffers_at_start, out=out)
+
+    def _new_statistics(self) -> NormalizationStatistics | None:
+        return self.vec_normalize.pop_new_statistics() if self.vec_normalize is not None else None
+
+    def run_learner_mode(self, answers: "_Answers") -> None:
+        """Hand each gradient to the learner through a shared slot; the learner applies it."""
+        shared, slot = self.shared, 0
+        while answers.latest is not _STOP:
+            if self.spec.wait_for_own_update:
+                # The paper's way: the next segment starts from parameters that include this worker's last update.
+                answers.wait_until_unanswered(0)
+            else:
+                answers.read_those_already_sent()
+            if answers.latest is _STOP:
+                break
+            self._take_answer(answers.latest)
+            params_version = self._copy_shared_parameters()
+            segment = self._run_segment()
+            # This slot held the report before last: it is free once that one was answered.
+            answers.wait_until_unanswered(SLOTS_PER_WORKER - 1)
+            if answers.latest is _STOP:
+                break
+            write_flat_gradient(self.params, out=shared.gradients[self.worker_id, slot])
+            self._write_buffer_change(shared.buffer_changes[self.worker_id, slot])
+            report = GradientReport(self.worker_id, params_version, segment, self._new_statistics(), slot=slot)
+            self.reports.send(report)
+            answers.unanswered += 1
+            slot = (slot + 1) % SLOTS_PER_WORKER
+
+    def run_hogwild(self, answers: "_Answers", settings: HogwildSettings) -> None:
+        """
+        Apply each gradient to the shared parameters here, with the shared optimizer state, then tell
+        the learner what was done. Reads and writes of the parameters take no lock (Hogwild!); the
+        lock only orders the claim on the step budget and the version count, a few integers.
+        """
+        shared = self.shared
+        assert shared.optimizer_state is not None
+        optimizer = shared.optimizer_state.optimizer_over(shared.params)
+        flat_gradient = th.zeros_like(self.local_params)
+        shared.optimizer_state.set_gradient(optimizer, flat_gradient)
+        buffer_change = th.zeros_like(shared.buffers)
+        while True:
+            answers.read_those_already_sent()
+            if answers.latest is _STOP:
+                return
+            self._take_answer(answers.latest)
+            self.logic.progress_remaining = settings.progress_remaining(int(shared.claims[0].item()))
+            params_version = self._copy_shared_parameters()
+            segment = self._run_segment()
+            write_flat_gradient(self.params, out=flat_gradient)
+            self._write_buffer_change(buffer_change)
+            gradient_norm = flat_gradient.norm().item()
+            applied = np.isfinite(gradient_norm) and bool(th.isfinite(buffer_change).all())
+            with shared.params_lock:
+                claimed, budget = (int(value) for value in shared.claims.tolist())
+                if claimed >= budget:  # learn() has all the steps it asked for, or was stopped
+                    break
+                shared.claims[0] += segment.n_env_steps
+                staleness = int(shared.params_version.item()) - params_version
+                if applied:
+                    shared.params_version += 1
+                    if self.buffers:
+                        shared.buffers += buffer_change
+            if applied:
+                clip_gradient_norm_(flat_gradient, gradient_norm, settings.max_grad_norm)
+                # As SB3's learning rate for a rollout's update: counting the rollout's own steps.
+                progress_remaining = settings.progress_remaining(claimed + segment.n_env_steps)
+                optimizer.param_groups[0]["lr"] = settings.lr_schedule(progress_remaining)
+                optimizer.step()
+            # A dropped gradient contributes nothing, not even its normalization statistics.
+            statistics = self._new_statistics() if applied else None
+            report = GradientReport(self.worker_id, params_version, segment, statistics, staleness=staleness, applied=applied)
+            self.reports.send(report)
+        answers.wait_until_stopped()
 
 
 class _Answers:
@@ -343,6 +458,10 @@ class _Answers:
         while self.latest is not _STOP and self._receiver.poll():
             self._read_one()
 
+    def wait_until_stopped(self) -> None:
+        while self.latest is not _STOP:
+            self._read_one()
+
 
 class AsyncGradientCollector:
     """
@@ -353,11 +472,21 @@ class AsyncGradientCollector:
     :param n_workers: number of worker processes
     :param initial_params: the learner's flat parameters, published to the workers at start
     :param initial_buffers: the learner's policy buffers (:func:`buffers_to_vector`), if it has any
+    :param optimizer_state: Hogwild only (``spec.hogwild`` set): the optimizer state the workers share
+    :param step_budget: Hogwild only: how many env steps the workers may take in all
     """
 
     def __init__(
-        self, spec: WorkerSpec, n_workers: int, initial_params: th.Tensor, initial_buffers: th.Tensor | None = None
+        self,
+        spec: WorkerSpec,
+        n_workers: int,
+        initial_params: th.Tensor,
+        initial_buffers: th.Tensor | None = None,
+        optimizer_state: SharedOptimizerState | None = None,
+        step_budget: int = 0,
     ) -> None:
+        if (spec.hogwild is None) != (optimizer_state is None):
+            raise ValueError("Hogwild workers need the shared optimizer state, and only they use it")
         self.n_workers = n_workers
         # Pickling problems surface here, before any process starts.
         self._spec_bytes = dumps_for_workers(spec, what="the worker setup (policy, env factory, hyperparameters)")
@@ -371,7 +500,10 @@ class AsyncGradientCollector:
             params_lock=self._context.Lock(),
             buffers=buffers.share_memory_(),
             buffer_changes=th.zeros(n_workers, SLOTS_PER_WORKER, buffers.numel(), dtype=th.float64).share_memory_(),
+            optimizer_state=None if optimizer_state is None else optimizer_state.share_memory_(),
+            claims=th.tensor([0, step_budget], dtype=th.int64).share_memory_(),
         )
+        self.hogwild = spec.hogwild is not None
         reader, writer = self._context.Pipe(duplex=False)
         self._reports = _ReportChannel(reader, writer, self._context.Lock())
         self._go_senders: list[Any] = []
@@ -415,8 +547,32 @@ class AsyncGradientCollector:
         message = self._receive()
         self.idle_seconds += time.perf_counter() - waiting_since
         assert isinstance(message, GradientReport), f"unexpected message: {message}"
-        message.staleness = self.version - message.params_version
+        if not self.hogwild:
+            message.staleness = self.version - message.params_version
         return message
+
+    @property
+    def shared_params(self) -> th.Tensor:
+        """The flat parameters in shared memory: Hogwild workers update them in place."""
+        return self._shared.params
+
+    @property
+    def shared_buffers(self) -> th.Tensor:
+        return self._shared.buffers
+
+    @property
+    def lock(self) -> Any:
+        """Held by whoever reads or writes the shared buffers, or (learner mode) the parameters."""
+        return self._shared.params_lock
+
+    @property
+    def optimizer_state(self) -> SharedOptimizerState | None:
+        return self._shared.optimizer_state
+
+    def stop_claims(self) -> None:
+        """Hogwild: let no worker apply another gradient (training stops)."""
+        with self._shared.params_lock:
+            self._shared.claims[1] = 0
 
     def gradient(self, report: GradientReport) -> th.Tensor:
         """The report's flat gradient, valid until its worker is released."""
@@ -446,6 +602,7 @@ class AsyncGradientCollector:
         if self._closed:
             return
         self._closed = True
+        self.stop_claims()  # no Hogwild worker applies a gradient the learner will not count
         for sender in self._go_senders:
             try:
                 sender.send(_STOP)

@@ -56,7 +56,7 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         accumulates: 0.5 replays once every other fresh segment.
     :param ent_coef: Entropy coefficient for the loss calculation
     :param vf_coef: Value function coefficient for the loss calculation
-    :param max_grad_norm: The maximum value for the gradient clipping (applied by the learner)
+    :param max_grad_norm: The maximum value for the gradient clipping (applied by whoever applies the gradient)
     :param use_rms_prop: Whether to use RMSprop (default) or Adam as optimizer
     :param rms_prop_eps: RMSProp epsilon. It stabilizes square root computation in denominator
         of RMSProp update
@@ -66,6 +66,9 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         has applied it, so that its next segment starts from parameters that include its own last update
         (the paper's implementation). With False it starts the next segment at once, with the newest
         parameters published then (no idle round trip; see ``docs/architecture.md``)
+    :param update_mode: Who applies the gradients. ``"learner"``: this process, one at a time, as they
+        arrive. ``"hogwild"``: each worker, lock-free, to the shared parameters with optimizer statistics
+        shared by all workers (the paper's variant; RMSprop, Adam or AdamW, on the CPU; see ``docs/architecture.md``)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -106,6 +109,7 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         n_workers: int | None = None,
         envs_per_worker: int = 1,
         wait_for_own_update: bool = True,
+        update_mode: str = "learner",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -117,6 +121,7 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         self.n_workers = default_n_workers() if n_workers is None else n_workers
         self.envs_per_worker = envs_per_worker
         self.wait_for_own_update = wait_for_own_update
+        self.update_mode = update_mode
         self._validate_async_arguments(n_steps)
         for name, value in (("rho_bar", rho_bar), ("c_bar", c_bar)):
             if not value > 0:
