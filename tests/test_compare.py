@@ -6,9 +6,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from sb3_async.compare import plan_runs, validate
-from sb3_async.compare.harness import RunSpec, run_one, with_latency_wrapper
+from sb3_async.compare.harness import RunSpec, experiment_manager, parse_variant, run_one, with_latency_wrapper
 from sb3_async.compare.__main__ import main
 from sb3_async.compare.measure import ProcessTreeMonitor, first_time_solved
 from sb3_async.compare.report import plot_scaling, summary_table
@@ -117,6 +118,10 @@ def test_runs_interleave_the_algorithms_seed_by_seed():
         (dict(algos=["a2c"], scaling=[1, 2]), "a scaling sweep varies n_workers"),
         (dict(env_latency="gaussian:0.001"), "DISTRIBUTION:MEAN_SECONDS"),
         (dict(env_latency="exponential:-1"), "DISTRIBUTION:MEAN_SECONDS"),
+        (dict(algos=["a3c:update_mode"]), "write a variant as ALGO:KEY=VALUE"),
+        (dict(algos=["a2c:vec_env=shm"]), "vec_env must be one of"),
+        (dict(algos=["a3c:vec_env=subproc"]), "workers make and step their own envs"),
+        (dict(algos=["a4c:n_steps=5"]), r"unknown algo\(s\) \['a4c'\]"),
     ],
 )
 def test_bad_input_is_refused_before_any_training(args, message):
@@ -166,3 +171,21 @@ def test_a_run_with_env_latency_steps_its_workers_envs_slowly(no_leaks):
     # 200 steps over 2 workers x 4 envs (the a3c CartPole-v1 entry): 25 steps of 4 envs each, 5 ms per env step.
     spec = RunSpec("a3c", "CartPole-v1", seed=0, timesteps=200, threshold=475, eval_episodes=1, env_latency="constant:0.005")
     assert run_one(spec).wall_seconds >= 25 * 4 * 0.005 * 0.9
+
+
+def test_variants_set_hyperparameters_and_the_vec_env_of_a_run(tmp_path):
+    assert parse_variant("a3c") == ("a3c", {}, "dummy")
+    assert parse_variant("a3c:update_mode=hogwild,n_steps=20") == ("a3c", {"update_mode": "hogwild", "n_steps": 20}, "dummy")
+    assert parse_variant("a2c:vec_env=subproc") == ("a2c", {}, "subproc")
+    runs = plan_runs(["a3c", "a3c:update_mode=hogwild", "a2c:vec_env=subproc"], "CartPole-v1", seeds=1, timesteps=10)
+    assert [run.label for run in runs] == ["a3c", "a3c:update_mode=hogwild", "a2c:vec_env=subproc"]
+
+    hogwild = experiment_manager(runs[1], str(tmp_path / "hogwild"))
+    model, _ = hogwild.setup_experiment()
+    assert model.update_mode == "hogwild"
+    subproc = experiment_manager(runs[2], str(tmp_path / "subproc"))
+    model, _ = subproc.setup_experiment()
+    try:
+        assert isinstance(model.env, SubprocVecEnv) and model.env.num_envs == 8  # rl-zoo's a2c CartPole-v1 entry
+    finally:
+        model.env.close()

@@ -1,4 +1,4 @@
-"""update_mode="hogwild": workers apply their own gradients with one shared optimizer state."""
+"""update_mode="hogwild": workers apply their own gradients with one shared optimizer state; the flat optimizer state."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
-from sb3_async.common.hogwild import SharedOptimizerState, optimizer_runs
+from sb3_async.common.flat_optimizer import FlatOptimizerState, optimizer_runs
 
 FAST = dict(n_workers=2, n_steps=5, seed=0, device="cpu")
 
@@ -86,15 +86,28 @@ class SaveOnce(BaseCallback):
         return True
 
 
-def test_a_checkpoint_saved_during_training_holds_the_workers_optimizer_state(tmp_path, no_leaks):
-    model = A3C("MlpPolicy", "CartPole-v1", update_mode="hogwild", **FAST)
+@pytest.mark.parametrize("update_mode", ["learner", "hogwild"])
+def test_a_checkpoint_saved_during_training_holds_the_optimizer_state_of_that_moment(update_mode, tmp_path, no_leaks):
+    # In both modes the optimizer steps the flat state during learn(); save() must still see it.
+    model = A3C("MlpPolicy", "CartPole-v1", update_mode=update_mode, **FAST)
     saver = SaveOnce(tmp_path / "checkpoint", at_call=50)
     model.learn(2_000, callback=saver)
     loaded = A3C.load(tmp_path / "checkpoint", device="cpu")
     steps = {entry["step"].item() for entry in loaded.policy.optimizer.state_dict()["state"].values()}
-    # Workers may have applied a few more than the learner had counted when the callback ran.
-    assert len(steps) == 1 and saver.updates_at_save <= steps.pop() <= saver.updates_at_save + model.n_workers
+    # Hogwild workers may have applied a few more than the learner had counted when the callback ran.
+    slack = model.n_workers if update_mode == "hogwild" else 0
+    assert len(steps) == 1 and saver.updates_at_save <= steps.pop() <= saver.updates_at_save + slack
     assert not th.equal(flat(loaded.policy), flat(model.policy))  # a snapshot, not the end of training
+
+
+def test_an_optimizer_without_a_flat_form_still_trains_in_learner_mode(no_leaks):
+    policy_kwargs = dict(optimizer_class=th.optim.SGD, optimizer_kwargs=dict(momentum=0.9))
+    model = A3C("MlpPolicy", "CartPole-v1", policy_kwargs=policy_kwargs, **FAST)
+    before = flat(model.policy)
+    model.learn(500)
+    assert not th.equal(flat(model.policy), before)
+    state = model.policy.optimizer.state_dict()["state"]
+    assert len(state) == len(list(model.policy.parameters())) and all("momentum_buffer" in entry for entry in state.values())
 
 
 @pytest.mark.parametrize("algo_class", [AsyncQLearning, AsyncSARSA])
@@ -137,7 +150,7 @@ def test_shared_state_of_a_fresh_optimizer_is_the_optimizers_initial_state():
     params = [th.nn.Parameter(th.randn(3, 2)), th.nn.Parameter(th.randn(4))]
     for optimizer_class in (th.optim.RMSprop, th.optim.Adam, th.optim.AdamW):
         optimizer = optimizer_class(params, lr=0.1)
-        shared = SharedOptimizerState.of(optimizer, params)
+        shared = FlatOptimizerState.of(optimizer, params)
         flat_params = flat(params)
         hogwild_optimizer = shared.optimizer_over(flat_params)
         gradient = th.randn(flat_params.numel())

@@ -31,7 +31,8 @@ from sb3_async.common.collector import (
     vector_to_buffers,
 )
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
-from sb3_async.common.hogwild import HogwildSettings, SharedOptimizerState, check_hogwild_optimizer
+from sb3_async.common.flat_optimizer import FlatOptimizerState, can_flatten
+from sb3_async.common.hogwild import HogwildSettings, check_hogwild_optimizer
 
 UPDATE_MODES = ("learner", "hogwild")
 
@@ -154,6 +155,9 @@ class AsyncAlgorithmMixin:
     max_grad_norm: float | None
     update_mode: str
     _user_env: Any
+    # During learn(): the optimizer state laid out flat (shared with Hogwild workers), and what steps it here.
+    _flat_optimizer_state: FlatOptimizerState | None = None
+    _learner_optimizer: th.optim.Optimizer | None = None
 
     def _validate_async_arguments(self, n_steps: int) -> None:
         for name, value in (("n_workers", self.n_workers), ("envs_per_worker", self.envs_per_worker), ("n_steps", n_steps)):
@@ -253,14 +257,13 @@ class AsyncAlgorithmMixin:
         self._user_env = env
 
     def _excluded_save_params(self) -> list[str]:
-        excluded = ["_user_env", "_unreported_steps", "_policy_buffers", "_shared_optimizer_state"]
+        excluded = ["_user_env", "_unreported_steps", "_policy_buffers", "_flat_optimizer_state", "_learner_optimizer"]
         return [*super()._excluded_save_params(), *excluded]  # type: ignore[misc]
 
     def get_parameters(self) -> dict[str, dict]:
-        """SB3's ``get_parameters``; during a Hogwild ``learn()`` (a callback saving, say), with the workers' optimizer."""
-        shared_state: SharedOptimizerState | None = getattr(self, "_shared_optimizer_state", None)
-        if shared_state is not None:
-            shared_state.copy_to(self.policy.optimizer, list(self.policy.parameters()))  # type: ignore[attr-defined]
+        """SB3's ``get_parameters``; during ``learn()`` (a callback saving, say), with the optimizer state stepped then."""
+        if self._flat_optimizer_state is not None:
+            self._flat_optimizer_state.copy_to(self.policy.optimizer, list(self.policy.parameters()))  # type: ignore[attr-defined]
         return super().get_parameters()  # type: ignore[misc]
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
@@ -294,36 +297,14 @@ class AsyncAlgorithmMixin:
         # two flat tensors make loading a gradient, clipping it and publishing parameters one op each.
         params = list(self.policy.parameters())
         flat_params, flat_gradient = flat_parameters_view(params), flat_gradient_view(params)
-        for group in self.policy.optimizer.param_groups:
-            if group.get("foreach") is None:
-                group["foreach"] = True  # same update, one kernel per op for all tensors
         window = _LogWindow()
         iteration = 0
         # The learner's ops are tiny; idle intra-op threads would only spin on the workers' cores.
         user_threads = th.get_num_threads()
         self._policy_buffers = list(self.policy.buffers())
         hogwild = self._update_mode() == "hogwild"
-        if hogwild:
-            steps_taken = self.num_timesteps + self._unreported_steps.n_rows
-            settings = HogwildSettings(self.lr_schedule, self.max_grad_norm, steps_taken, total_timesteps)  # type: ignore[attr-defined]
-            # Exactly the steps the loop below waits for: on_step counts n_envs at a time.
-            n_calls_left = -(-(total_timesteps - self.num_timesteps) // self.n_envs)
-            step_budget = n_calls_left * self.n_envs - self._unreported_steps.n_rows
-            collector = AsyncGradientCollector(
-                self._worker_spec(settings),
-                self.n_workers,
-                flat_params,
-                buffers_to_vector(self._policy_buffers),
-                SharedOptimizerState.of(self.policy.optimizer, params),
-                step_budget,
-            )
-            # The learner's parameters become views of the ones the workers update, so callbacks see them.
-            th.nn.utils.vector_to_parameters(collector.shared_params, params)
-            self._shared_optimizer_state = collector.optimizer_state
-        else:
-            collector = AsyncGradientCollector(
-                self._worker_spec(), self.n_workers, flat_params, buffers_to_vector(self._policy_buffers)
-            )
+        collector = self._make_collector(total_timesteps, params, flat_params, flat_gradient)
+        flat_state = self._flat_optimizer_state
         shared_buffers = collector.shared_buffers
         with sigterm_raises_system_exit():
             try:
@@ -353,14 +334,60 @@ class AsyncAlgorithmMixin:
                 collector.close()
                 th.set_num_threads(user_threads)
                 if hogwild:
-                    # The learner's own copy again, of what the workers made, with the optimizer state in SB3's form.
+                    # The learner's own copy again, of what the workers made.
                     flat_parameters_view(params)
                     if self._policy_buffers:
                         vector_to_buffers(shared_buffers, self._policy_buffers)
-                    self._shared_optimizer_state.copy_to(self.policy.optimizer, params)
-                    self._shared_optimizer_state = None
+                if flat_state is not None:  # the optimizer state in SB3's form again
+                    flat_state.copy_to(self.policy.optimizer, params)
+                self._flat_optimizer_state = self._learner_optimizer = None
         callback.on_training_end()
         return self
+
+    def _make_collector(
+        self, total_timesteps: int, params: list[th.nn.Parameter], flat_params: th.Tensor, flat_gradient: th.Tensor
+    ) -> AsyncGradientCollector:
+        """
+        The collector for one ``learn()``, and what applies the updates: in learner mode
+        ``_learner_optimizer``, stepping the flat optimizer state if it can; with Hogwild the
+        workers, through that state in shared memory, which the learner's parameters then view.
+        """
+        # The optimizer steps one tensor per run of parameters, not one per parameter tensor.
+        flat_state = None
+        if can_flatten(self.policy.optimizer) and flat_params.device.type == "cpu":
+            flat_state = FlatOptimizerState.of(self.policy.optimizer, params)
+        if self._update_mode() == "hogwild":
+            assert flat_state is not None, "checked at construction: the optimizer class and device='cpu'"
+            steps_taken = self.num_timesteps + self._unreported_steps.n_rows
+            settings = HogwildSettings(self.lr_schedule, self.max_grad_norm, steps_taken, total_timesteps)  # type: ignore[attr-defined]
+            # Exactly the steps the loop below waits for: on_step counts n_envs at a time.
+            n_calls_left = -(-(total_timesteps - self.num_timesteps) // self.n_envs)
+            step_budget = n_calls_left * self.n_envs - self._unreported_steps.n_rows
+            collector = AsyncGradientCollector(
+                self._worker_spec(settings),
+                self.n_workers,
+                flat_params,
+                buffers_to_vector(self._policy_buffers),
+                flat_state,
+                step_budget,
+            )
+            # The learner's parameters become views of the ones the workers update, so callbacks see them.
+            th.nn.utils.vector_to_parameters(collector.shared_params, params)
+            self._learner_optimizer = None
+        else:
+            collector = AsyncGradientCollector(
+                self._worker_spec(), self.n_workers, flat_params, buffers_to_vector(self._policy_buffers)
+            )
+            if flat_state is not None:
+                self._learner_optimizer = flat_state.optimizer_over(flat_params)
+                flat_state.set_gradient(self._learner_optimizer, flat_gradient)
+            else:
+                self._learner_optimizer = self.policy.optimizer
+                for group in self._learner_optimizer.param_groups:
+                    if group.get("foreach") is None:
+                        group["foreach"] = True  # same update, one kernel per op for all tensors
+        self._flat_optimizer_state = flat_state
+        return collector
 
     def _dump_iteration_logs(self, iteration: int) -> None:
         """SB3's ``dump_logs`` of the base class: on-policy algorithms take the iteration, off-policy ones do not."""
@@ -385,8 +412,9 @@ class AsyncAlgorithmMixin:
         buffer_change = collector.buffer_change(report) if self._policy_buffers else None
         if np.isfinite(gradient_norm) and (buffer_change is None or bool(th.isfinite(buffer_change).all())):
             clip_gradient_norm_(flat_gradient, gradient_norm, self.max_grad_norm)
-            self._update_learning_rate(self.policy.optimizer)
-            self.policy.optimizer.step()
+            assert self._learner_optimizer is not None
+            self._update_learning_rate([self.policy.optimizer, self._learner_optimizer])
+            self._learner_optimizer.step()
             flat_buffers = None
             if buffer_change is not None:
                 # Added, not copied: each worker's change counts once, however stale, as its gradient does.

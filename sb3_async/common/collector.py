@@ -72,7 +72,8 @@ from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
 from sb3_async.common.forkserver import worker_context
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory, WorkerVecNormalize, dumps_for_workers
-from sb3_async.common.hogwild import HogwildSettings, SharedOptimizerState
+from sb3_async.common.flat_optimizer import FlatOptimizerState
+from sb3_async.common.hogwild import HogwildSettings
 
 # A worker that died is seen at once through its sentinel; this only bounds a wait that sees nothing.
 _WAIT_SECONDS = 1.0
@@ -212,7 +213,7 @@ class _SharedMemory:
     buffer_changes: th.Tensor  # float64 [n_workers, SLOTS_PER_WORKER, n_buffer_values]: what each gradient's segment changed
     # Hogwild only: the optimizer's state, stepped by every worker, and int64 [env steps claimed, budget]:
     # a worker claims its segment's steps before it applies the gradient, and stops once the budget is spent.
-    optimizer_state: SharedOptimizerState | None = None
+    optimizer_state: FlatOptimizerState | None = None
     claims: th.Tensor = field(default_factory=lambda: th.zeros(2, dtype=th.int64))
 
 
@@ -482,7 +483,7 @@ class AsyncGradientCollector:
         n_workers: int,
         initial_params: th.Tensor,
         initial_buffers: th.Tensor | None = None,
-        optimizer_state: SharedOptimizerState | None = None,
+        optimizer_state: FlatOptimizerState | None = None,
         step_budget: int = 0,
     ) -> None:
         if (spec.hogwild is None) != (optimizer_state is None):
@@ -566,7 +567,7 @@ class AsyncGradientCollector:
         return self._shared.params_lock
 
     @property
-    def optimizer_state(self) -> SharedOptimizerState | None:
+    def optimizer_state(self) -> FlatOptimizerState | None:
         return self._shared.optimizer_state
 
     def stop_claims(self) -> None:

@@ -2,6 +2,8 @@
 python -m sb3_async.compare --env CartPole-v1 --algos a3c a2c offpac --seeds 5 --timesteps 300000 --out results/
 python -m sb3_async.compare --env CartPole-v1 --algos a3c --scaling 1 2 --envs-per-worker 4 --seeds 3 --timesteps 200000 \
     --out results/scaling
+python -m sb3_async.compare --env CartPole-v1 --algos a3c a3c:update_mode=hogwild a2c a2c:vec_env=subproc \
+    --env-latency exponential:0.001 --seeds 5 --timesteps 300000 --out results/slow_envs
 """
 
 import argparse
@@ -20,7 +22,14 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m sb3_async.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--env", required=True, help="gymnasium env id")
-    parser.add_argument("--algos", nargs="+", default=["a3c", "a2c"], help="rl-zoo3 algo names (a3c, offpac, a2c, ppo, ...)")
+    parser.add_argument(
+        "--algos",
+        nargs="+",
+        default=["a3c", "a2c"],
+        help="rl-zoo3 algo names (a3c, offpac, a2c, ppo, ...), each optionally with a variant: ALGO:KEY=VALUE[,...] "
+        "sets hyperparameters over the config's (a3c:update_mode=hogwild), and vec_env=subproc steps a synchronous "
+        "algo's envs in a SubprocVecEnv (a2c:vec_env=subproc)",
+    )
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. seeds-1)")
     parser.add_argument("--timesteps", type=int, default=300_000)
     parser.add_argument("--out", type=Path, default=Path("results"))

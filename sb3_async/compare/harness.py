@@ -6,6 +6,7 @@ deterministic evaluation of the final policy.
 """
 
 import argparse
+import ast
 import math
 import tempfile
 import time
@@ -45,10 +46,35 @@ class RunSpec:
     conf_file: str | None = None
     num_threads: int = 1
     env_latency: str | None = None  # "DISTRIBUTION:MEAN_SECONDS": every env wrapped in RandomLatency
+    variant: str = ""  # "KEY=VALUE,...": hyperparameters over the config's, or vec_env=subproc (see parse_variant)
 
     @property
     def label(self) -> str:
-        return self.algo if self.n_workers is None else f"{self.algo} x{self.n_workers}"
+        label = f"{self.algo}:{self.variant}" if self.variant else self.algo
+        return label if self.n_workers is None else f"{label} x{self.n_workers}"
+
+
+VEC_ENV_TYPES = ("dummy", "subproc")
+
+
+def parse_variant(algo: str) -> tuple[str, dict[str, Any], str]:
+    """
+    ``"ALGO[:KEY=VALUE,...]"`` -> (algo, hyperparameters, vec_env type). Values are Python literals
+    (else strings): ``a3c:update_mode=hogwild,n_steps=20``. ``vec_env=subproc`` steps a synchronous
+    algo's envs in SB3's SubprocVecEnv (rl-zoo3's ``--vec-env``); the async algos' workers make their own.
+    """
+    name, _, variant = algo.partition(":")
+    hyperparams: dict[str, Any] = {}
+    for item in filter(None, variant.split(",")):
+        key, equals, text = item.partition("=")
+        if not equals or not key:
+            raise ValueError(f"{algo!r}: write a variant as ALGO:KEY=VALUE[,KEY=VALUE...]")
+        try:
+            hyperparams[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            hyperparams[key] = text
+    vec_env = hyperparams.pop("vec_env", "dummy")
+    return name, hyperparams, vec_env
 
 
 @dataclass
@@ -84,9 +110,15 @@ def validate(
     register()
     if env_latency is not None:
         parse_latency(env_latency)
-    unknown = [algo for algo in algos if algo not in ALGOS]
+    variants = [parse_variant(algo) for algo in algos]
+    unknown = [name for name, _, _ in variants if name not in ALGOS]
     if unknown:
         raise ValueError(f"unknown algo(s) {unknown}: choose from {sorted(ALGOS)}")
+    for algo, (name, _, vec_env) in zip(algos, variants, strict=True):
+        if vec_env not in VEC_ENV_TYPES:
+            raise ValueError(f"{algo!r}: vec_env must be one of {VEC_ENV_TYPES}")
+        if vec_env != "dummy" and name in ASYNC_ALGOS:
+            raise ValueError(f"{algo!r}: {name}'s workers make and step their own envs; vec_env is for synchronous algos")
     try:
         gym.spec(env_id)
     except gym.error.Error as error:
@@ -98,7 +130,7 @@ def validate(
     if scaling:
         if any(n < 1 for n in scaling):
             raise ValueError(f"--scaling takes worker counts >= 1, got {scaling}")
-        synchronous = [algo for algo in algos if algo not in ASYNC_ALGOS]
+        synchronous = [algo for algo, (name, _, _) in zip(algos, variants, strict=True) if name not in ASYNC_ALGOS]
         if synchronous:
             raise ValueError(f"a scaling sweep varies n_workers, which {synchronous} do not have; use {list(ASYNC_ALGOS)}")
 
@@ -131,30 +163,38 @@ def plan_runs(
     for seed in range(seeds):
         shift = seed % len(variants)
         for algo, n_workers in variants[shift:] + variants[:shift]:
-            runs.append(RunSpec(algo, env_id, seed, timesteps, threshold, n_workers=n_workers, **spec_kwargs))
+            name, _, variant = algo.partition(":")
+            runs.append(RunSpec(name, env_id, seed, timesteps, threshold, n_workers=n_workers, variant=variant, **spec_kwargs))
     return runs
+
+
+def experiment_manager(spec: RunSpec, log_folder: str) -> AsyncExperimentManager:
+    """rl-zoo3's experiment manager for ``spec``: the configured hyperparameters, with the run's overrides."""
+    _, overrides, vec_env = parse_variant(f"{spec.algo}:{spec.variant}")
+    manager = AsyncExperimentManager(
+        argparse.Namespace(), spec.algo, spec.env_id, log_folder, n_timesteps=spec.timesteps, eval_freq=-1,
+        seed=spec.seed, config=spec.conf_file, hyperparams=overrides, verbose=0, device="cpu", vec_env_type=vec_env,
+    )  # fmt: skip
+    # The manager reads `overrides` when it sets the experiment up, so what follows still counts.
+    if spec.n_workers is not None:
+        # Each worker keeps the configured envs_per_worker; the total grows with the workers.
+        envs_per_worker = spec.envs_per_worker
+        if envs_per_worker is None:
+            _, configured = manager.read_hyperparameters()
+            envs_per_worker = max(int(configured.get("n_envs", 1)) // int(configured.get("n_workers", 1)), 1)
+        overrides.update(n_workers=spec.n_workers, n_envs=spec.n_workers * envs_per_worker)
+    if spec.env_latency is not None:
+        _, configured = manager.read_hyperparameters()
+        overrides["env_wrapper"] = with_latency_wrapper(configured.get("env_wrapper"), spec.env_latency)
+    return manager
 
 
 def run_one(spec: RunSpec) -> RunResult:
     """Train and evaluate one run (in a fresh process: see :func:`run_all`)."""
     register()
     th.set_num_threads(spec.num_threads)
-    overrides: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as log_folder:
-        manager = AsyncExperimentManager(
-            argparse.Namespace(), spec.algo, spec.env_id, log_folder, n_timesteps=spec.timesteps, eval_freq=-1,
-            seed=spec.seed, config=spec.conf_file, hyperparams=overrides, verbose=0, device="cpu",
-        )  # fmt: skip
-        if spec.n_workers is not None:
-            # Each worker keeps the configured envs_per_worker; the total grows with the workers.
-            envs_per_worker = spec.envs_per_worker
-            if envs_per_worker is None:
-                _, configured = manager.read_hyperparameters()
-                envs_per_worker = max(int(configured.get("n_envs", 1)) // int(configured.get("n_workers", 1)), 1)
-            overrides.update(n_workers=spec.n_workers, n_envs=spec.n_workers * envs_per_worker)
-        if spec.env_latency is not None:
-            _, configured = manager.read_hyperparameters()
-            overrides["env_wrapper"] = with_latency_wrapper(configured.get("env_wrapper"), spec.env_latency)
+        manager = experiment_manager(spec, log_folder)
         model, _ = manager.setup_experiment()
         recorder = EpisodeRecorder()
         try:
