@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-offpac bench-async-q results clean
+.PHONY: demo test lint bench bench-learner bench-offpac bench-async-q results results-slow-envs clean
 
 .venv-demo/.done: setup.py
 	$(PYTHON) -m venv .venv-demo
@@ -33,6 +33,10 @@ lint: .venv-test/.done
 bench: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python throughput.py && ../.venv-test/bin/python time_to_solve.py
 
+# How many gradients per second the learner applies, and the worker count where learner mode saturates.
+bench-learner: .venv-test/.done
+	cd benchmarks && ../.venv-test/bin/python learner_capacity.py --rounds 3 --seconds 3
+
 bench-offpac: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python offpac_vs_a3c.py --seeds 5 --budget 300000 --behaviour-budget 100000
 
@@ -40,13 +44,20 @@ bench-offpac: .venv-test/.done
 bench-async-q: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python async_q_speedup.py --seeds 3 --workers 1 2
 
-# docs/results.md: A3C vs SB3 A2C vs OffPolicyAC, 5 seeds, rl-zoo settings (about 90 minutes on 2 cores).
+# docs/results.md: A3C vs SB3 A2C vs OffPolicyAC, 5 seeds, rl-zoo settings, then the slow envs (about 140 minutes on 2 cores).
 results: .venv-test/.done
 	for env in CartPole-v1 Acrobot-v1 LunarLander-v3; do \
 		.venv-test/bin/python -m sb3_async.compare --env $$env --algos a3c a2c offpac --seeds 5 --timesteps 300000 --out docs/results/$$env || exit 1; \
 	done
 	.venv-test/bin/python -m sb3_async.compare --env Pendulum-v1 --algos a3c a2c offpac --seeds 5 --timesteps 200000 --out docs/results/Pendulum-v1
 	.venv-test/bin/python -m sb3_async.compare --env CartPole-v1 --algos a3c --scaling 1 2 --envs-per-worker 4 --seeds 3 --timesteps 200000 --out docs/results/scaling
+	$(MAKE) results-slow-envs
+
+# docs/results.md, "Envs with slow, variable steps" (about 45 minutes on 2 cores).
+results-slow-envs: .venv-test/.done
+	.venv-test/bin/python -m sb3_async.compare --env CartPole-v1 --env-latency exponential:0.001 --seeds 5 --timesteps 200000 \
+		--algos a3c:n_workers=8,n_envs=32 a3c:n_workers=8,n_envs=32,update_mode=hogwild a2c a2c:vec_env=subproc \
+		--out docs/results/slow_envs
 
 clean:
 	rm -rf .venv-demo .venv-test

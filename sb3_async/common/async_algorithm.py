@@ -410,7 +410,8 @@ class AsyncAlgorithmMixin:
         flat_gradient.copy_(collector.gradient(report))
         gradient_norm = flat_gradient.norm().item()
         buffer_change = collector.buffer_change(report) if self._policy_buffers else None
-        if np.isfinite(gradient_norm) and (buffer_change is None or bool(th.isfinite(buffer_change).all())):
+        applied = np.isfinite(gradient_norm) and (buffer_change is None or bool(th.isfinite(buffer_change).all()))
+        if applied:
             clip_gradient_norm_(flat_gradient, gradient_norm, self.max_grad_norm)
             assert self._learner_optimizer is not None
             self._update_learning_rate([self.policy.optimizer, self._learner_optimizer])
@@ -424,13 +425,7 @@ class AsyncAlgorithmMixin:
             if flat_buffers is not None:  # a target network's copy of them, if the step above made one
                 flat_buffers = buffers_to_vector(self._policy_buffers)
             collector.publish(flat_params, flat_buffers)
-            self._n_updates += 1
-            if report.normalization is not None and self._vec_normalize_env is not None:
-                report.normalization.merge_into(self._vec_normalize_env)
-        else:
-            # A dropped update contributes nothing, not even its normalization statistics.
-            self.dropped_updates += 1
-        collector.release(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
+        self._finish_report(collector, report, applied)
 
     def _account_for_hogwild_update(self, collector: AsyncGradientCollector, report: GradientReport) -> None:
         """
@@ -447,10 +442,16 @@ class AsyncAlgorithmMixin:
                     collector.shared_buffers.copy_(buffers_to_vector(self._policy_buffers))
             else:
                 self._after_gradient_step(report)
+        self._finish_report(collector, report, bool(report.applied))
+
+    def _finish_report(self, collector: AsyncGradientCollector, report: GradientReport, applied: bool) -> None:
+        """Count the update (or the dropped one), merge its VecNormalize statistics, and answer its worker."""
+        if applied:
             self._n_updates += 1
             if report.normalization is not None and self._vec_normalize_env is not None:
                 report.normalization.merge_into(self._vec_normalize_env)
         else:
+            # A dropped update contributes nothing, not even its normalization statistics.
             self.dropped_updates += 1
         collector.release(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
 

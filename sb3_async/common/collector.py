@@ -390,8 +390,9 @@ class _Worker:
     def run_hogwild(self, answers: "_Answers", settings: HogwildSettings) -> None:
         """
         Apply each gradient to the shared parameters here, with the shared optimizer state, then tell
-        the learner what was done. Reads and writes of the parameters take no lock (Hogwild!); the
-        lock only orders the claim on the step budget and the version count, a few integers.
+        the learner what was done. The update takes no lock (Hogwild!), so a worker's copy may catch
+        another's update half done; the lock only orders the claim on the step budget, the version
+        count and the buffer changes, a few numbers.
         """
         shared = self.shared
         assert shared.optimizer_state is not None
