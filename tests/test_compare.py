@@ -12,7 +12,7 @@ from sb3_async.compare import plan_runs, validate
 from sb3_async.compare.harness import RunSpec, experiment_manager, parse_variant, run_one, with_latency_wrapper
 from sb3_async.compare.__main__ import main
 from sb3_async.compare.measure import ProcessTreeMonitor, first_time_solved
-from sb3_async.compare.report import plot_scaling, summary_table
+from sb3_async.compare.report import _algo_with_variant, plot_scaling, summary_table
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,11 @@ def test_a_scaling_sweep_runs_each_worker_count_and_plots_against_the_ideal(tmp_
     )
     plot_scaling(table, tmp_path / "scaling.png", "test")
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    # Two variants of one algo get a line each.
+    both = pd.concat([table.assign(variant=""), table.assign(variant="update_mode=hogwild")])
+    assert list(_algo_with_variant(both).unique()) == ["a3c", "a3c:update_mode=hogwild"]
+    plot_scaling(both, tmp_path / "scaling_variants.png", "test")
+    assert (tmp_path / "scaling_variants.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_only_redraws_the_same_table_from_the_csvs(tiny_comparison):

@@ -133,10 +133,18 @@ def plot_curves(curves: pd.DataFrame, axis: str, path: Path, title: str) -> None
     plt.close(fig)
 
 
+def _algo_with_variant(runs: pd.DataFrame) -> pd.Series:
+    """``a3c``, or ``a3c:update_mode=hogwild`` for a variant (CSVs written before variants have no such column)."""
+    if "variant" not in runs:
+        return runs["algo"]
+    variant = runs["variant"].fillna("").astype(str)
+    return runs["algo"].where(variant == "", runs["algo"] + ":" + variant)
+
+
 def plot_scaling(runs: pd.DataFrame, path: Path, title: str) -> None:
     """Throughput and time-to-threshold speed-up against the number of workers, with the ideal line."""
     fig, (throughput_ax, speedup_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for algo, group in runs.groupby("algo", sort=False):
+    for algo, group in runs.groupby(_algo_with_variant(runs), sort=False):
         by_workers = group.groupby("n_workers")
         workers = np.array(sorted(by_workers.groups), dtype=float)
         fps = by_workers["fps"].median().reindex(workers).to_numpy()
