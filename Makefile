@@ -50,7 +50,7 @@ results: .venv-test/.done
 		.venv-test/bin/python -m sb3_async.compare --env $$env --algos a3c a2c offpac --seeds 5 --timesteps 300000 --out docs/results/$$env || exit 1; \
 	done
 	.venv-test/bin/python -m sb3_async.compare --env Pendulum-v1 --algos a3c a2c offpac --seeds 5 --timesteps 200000 --out docs/results/Pendulum-v1
-	.venv-test/bin/python -m sb3_async.compare --env CartPole-v1 --algos a3c --scaling 1 2 --envs-per-worker 4 --seeds 3 --timesteps 200000 --out docs/results/scaling
+	.venv-test/bin/python -m sb3_async.compare --env CartPole-v1 --algos a3c a3c:update_mode=hogwild --scaling 1 2 --envs-per-worker 4 --seeds 3 --timesteps 200000 --out docs/results/scaling
 	$(MAKE) results-slow-envs
 
 # docs/results.md, "Envs with slow, variable steps" (about 45 minutes on 2 cores).
