@@ -32,7 +32,17 @@ setup(
     extras_require={
         # The envs of the zoo configs beyond classic control: LunarLander (Box2D) and Atari.
         "envs": ["gymnasium[box2d]", "ale-py", "opencv-python-headless"],
-        "tests": ["pytest", "pytest-timeout", "ruff>=0.5.6", "gymnasium[box2d]", "ale-py", "opencv-python-headless"],
+        # backend="ray": workers as Ray actors, on one machine or a cluster (docs/distributed.md).
+        "ray": ["ray>=2.9"],
+        "tests": [
+            "pytest",
+            "pytest-timeout",
+            "ruff>=0.5.6",
+            "gymnasium[box2d]",
+            "ale-py",
+            "opencv-python-headless",
+            "ray>=2.9",
+        ],
         "docs": [],
     },
 )

@@ -34,7 +34,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from sb3_async import A3C
-from sb3_async.common.collector import Segment, WorkerLogic
+from sb3_async.common.collectors import Segment, WorkerLogic
 
 N_STEPS = 5
 

@@ -23,7 +23,7 @@ from stable_baselines3.common.envs import FakeImageEnv
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
 
 from sb3_async.a3c.worker import A3CWorker
-from sb3_async.common.collector import GradientReport
+from sb3_async.common.collectors import GradientReport
 
 SETTINGS = {
     "CartPole-v1, 1 env": (lambda: make_vec_env("CartPole-v1", n_envs=1, seed=0), ActorCriticPolicy),

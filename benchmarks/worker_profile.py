@@ -20,7 +20,7 @@ import torch as th
 
 from bare_a2c_loop import bare_a2c_steps_per_second
 from sb3_async import A3C
-from sb3_async.common.collector import GradientReport, flat_parameters_view, write_flat_gradient
+from sb3_async.common.collectors import GradientReport, flat_parameters_view, write_flat_gradient
 
 N_STEPS = 5
 

@@ -3,7 +3,7 @@
 from sb3_async.a3c import A3C
 from sb3_async.async_q import AsyncQLearning
 from sb3_async.async_sarsa import AsyncSARSA
-from sb3_async.common.collector import WorkerError
+from sb3_async.common.collectors import WorkerError
 from sb3_async.offpac import OffPolicyAC
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 import functools
+import sys
 import threading
 
 import gymnasium as gym
@@ -52,8 +53,8 @@ def test_spaces_and_policies(env, policy, no_leaks):
     assert model.action_space.contains(actions[0])
 
 
-def test_learner_counts_match_workers(no_leaks):
-    model = A3C("MlpPolicy", "CartPole-v1", n_workers=2, envs_per_worker=3, n_steps=4, seed=0, device="cpu")
+def test_learner_counts_match_workers(backend, no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", n_workers=2, envs_per_worker=3, n_steps=4, seed=0, device="cpu", backend=backend)
     callback = CountingCallback()
     model.learn(600, callback=callback)
     assert model.n_envs == 6
@@ -64,8 +65,8 @@ def test_learner_counts_match_workers(no_leaks):
     assert model._n_updates >= 600 // (3 * 4)
 
 
-def test_callback_returning_false_stops_every_worker(no_leaks):
-    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+def test_callback_returning_false_stops_every_worker(backend, no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", backend=backend, **FAST)
     callback = CountingCallback(stop_after_calls=10)
     model.learn(1_000_000, callback=callback)
     assert callback.n_calls == 10
@@ -73,8 +74,8 @@ def test_callback_returning_false_stops_every_worker(no_leaks):
     assert callback.training_ends == 1
 
 
-def test_sb3_callbacks_and_progress_bar(tmp_path, no_leaks):
-    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+def test_sb3_callbacks_and_progress_bar(tmp_path, backend, no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", backend=backend, **FAST)
     eval_callback = EvalCallback(
         make_vec_env("CartPole-v1", n_envs=1),
         eval_freq=200,
@@ -93,8 +94,8 @@ def test_sb3_callbacks_and_progress_bar(tmp_path, no_leaks):
     A3C.load(checkpoints[-1])
 
 
-def test_logger_keys(no_leaks):
-    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+def test_logger_keys(backend, no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", backend=backend, **FAST)
     output = RecordingOutput()
     model.set_logger(Logger(folder=None, output_formats=[output]))
     model.learn(2_000, log_interval=20)
@@ -112,15 +113,17 @@ def test_logger_keys(no_leaks):
         "async/updates_per_s",
         "async/learner_idle_fraction",
         "async/dropped_updates",
+        "async/worker_restarts",
     ):
         assert key in logged, key
     assert 0.0 <= logged["async/learner_idle_fraction"] <= 1.0
     assert logged["async/staleness_max"] >= logged["async/staleness_mean"] >= 0
     assert logged["async/dropped_updates"] == 0
+    assert logged["async/worker_restarts"] == 0
 
 
-def test_continue_learning(no_leaks):
-    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+def test_continue_learning(backend, no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", backend=backend, **FAST)
     threads = th.get_num_threads()
     model.learn(300)
     assert th.get_num_threads() == threads  # the learner's one thread is only for the duration of learn()
@@ -152,13 +155,14 @@ def test_learning_rate_schedule_reaches_the_learner_optimizer(update_mode, no_le
     assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
 
 
-def test_save_load_round_trip(tmp_path, no_leaks):
-    model = A3C("MlpPolicy", "CartPole-v1", n_workers=4, seed=0, device="cpu").learn(500)
+def test_save_load_round_trip(tmp_path, backend, no_leaks):
+    model = A3C("MlpPolicy", "CartPole-v1", n_workers=4, seed=0, device="cpu", backend=backend).learn(500)
     obs = np.stack([model.observation_space.sample() for _ in range(16)])
     expected, _ = model.predict(obs, deterministic=True)
     model.save(tmp_path / "a3c")
 
     loaded = A3C.load(tmp_path / "a3c", device="cpu")
+    assert loaded.backend == backend
     actions, _ = loaded.predict(obs, deterministic=True)
     np.testing.assert_array_equal(actions, expected)
     for saved, restored in zip(model.policy.parameters(), loaded.policy.parameters(), strict=False):
@@ -173,9 +177,9 @@ def test_save_load_round_trip(tmp_path, no_leaks):
     assert loaded.num_timesteps >= 800
 
 
-def test_vec_normalize_statistics_are_merged_into_the_learner(tmp_path, no_leaks):
+def test_vec_normalize_statistics_are_merged_into_the_learner(tmp_path, backend, no_leaks):
     env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=0.99)
-    model = A3C("MlpPolicy", env, n_workers=2, envs_per_worker=2, seed=0, device="cpu")
+    model = A3C("MlpPolicy", env, n_workers=2, envs_per_worker=2, seed=0, device="cpu", backend=backend)
     model.learn(2_000)
     learner_stats = model.get_vec_normalize_env()
     assert learner_stats is env
@@ -198,15 +202,40 @@ def test_vec_normalize_statistics_are_merged_into_the_learner(tmp_path, no_leaks
         (dict(envs_per_worker=0), "envs_per_worker"),
         (dict(env="NoSuchEnv-v0"), "unknown env id"),
         (dict(env=TupleActionEnv), "action space"),
+        (dict(backend="mpi"), "backend must be one of"),
+        (dict(max_worker_restarts=-1), "max_worker_restarts must be an integer >= 0"),
+        (dict(max_worker_restarts=1.5), "max_worker_restarts must be an integer >= 0"),
     ],
 )
-def test_bad_arguments_raise_before_any_process_starts(kwargs, message):
-    arguments = dict(policy="MlpPolicy", env="CartPole-v1", device="cpu") | kwargs
+def test_bad_arguments_raise_before_any_process_starts(kwargs, message, backend):
+    arguments = dict(policy="MlpPolicy", env="CartPole-v1", device="cpu", backend=backend) | kwargs
     policy, env = arguments.pop("policy"), arguments.pop("env")
     workers_before = forkserver_children()
     with pytest.raises(ValueError, match=message):
         A3C(policy, env, **arguments).learn(100)
     assert forkserver_children() == workers_before
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(update_mode="hogwild"), "update_mode='hogwild' needs the workers to share memory"),
+        (dict(ray_actor_options="num_cpus=1"), "ray_actor_options must be a dict or a list"),
+        (dict(ray_actor_options=[{}, {}, {}], n_workers=2), "one per worker needs n_workers=2"),
+        (dict(ray_init_kwargs=["address"]), "ray_init_kwargs must be a dict"),
+    ],
+)
+def test_settings_the_ray_backend_cannot_use_raise_at_construction(kwargs, message):
+    # No Ray starts: these are refused by the constructor.
+    with pytest.raises(ValueError, match=message):
+        A3C("MlpPolicy", "CartPole-v1", device="cpu", backend="ray", **kwargs)
+
+
+def test_ray_backend_without_ray_installed_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees where Ray is not installed
+    with pytest.raises(ImportError, match=r"pip install 'sb3_async\[ray\]'"):
+        A3C("MlpPolicy", "CartPole-v1", device="cpu", backend="ray")
+    A3C("MlpPolicy", "CartPole-v1", device="cpu")  # the local backend never imports it
 
 
 def test_unpicklable_env_factory_names_the_fix():

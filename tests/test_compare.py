@@ -188,6 +188,10 @@ def test_variants_set_hyperparameters_and_the_vec_env_of_a_run(tmp_path):
     hogwild = experiment_manager(runs[1], str(tmp_path / "hogwild"))
     model, _ = hogwild.setup_experiment()
     assert model.update_mode == "hogwild"
+    # The backend and restarts too (the model is only built: no Ray starts).
+    ray_run = plan_runs(["a3c:backend=ray,max_worker_restarts=1"], "CartPole-v1", seeds=1, timesteps=10)[0]
+    model, _ = experiment_manager(ray_run, str(tmp_path / "ray")).setup_experiment()
+    assert (model.backend, model.max_worker_restarts) == ("ray", 1)
     subproc = experiment_manager(runs[2], str(tmp_path / "subproc"))
     model, _ = subproc.setup_experiment()
     try:

@@ -11,9 +11,11 @@ import time
 import pytest
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC, WorkerError
-from tests.conftest import forkserver_children
+from sb3_async.common.collectors import LocalCollector
+from tests.conftest import RecordingOutput, forkserver_children
 from tests.envs import NaNRewardEnv, RaisingEnv
 
 FAST = dict(n_workers=2, n_steps=5, seed=0, device="cpu")
@@ -64,10 +66,58 @@ def test_sigkill_of_a_worker_is_reported_and_everything_stops(make_model, no_lea
 
 
 @every_algorithm
+@pytest.mark.timeout(60)  # a Hogwild step budget that kept the dead worker's claim would wait forever
+def test_sigkill_of_a_worker_with_a_restart_left_training_goes_on(make_model, no_leaks):
+    model = make_model("CartPole-v1", max_worker_restarts=1)
+    output = RecordingOutput()
+    model.set_logger(Logger(folder=None, output_formats=[output]))
+    killer = KillAWorker(at_call=50)
+    model.learn(3_000, callback=killer, log_interval=20)
+    assert model.num_timesteps >= 3_000
+    assert model.worker_restarts == 1
+    assert output.dumps[-1]["async/worker_restarts"] == 1
+    assert killer.killed not in forkserver_children()
+
+
+def test_a_second_death_beyond_max_worker_restarts_is_an_error(no_leaks):
+    model = ALGORITHMS["a3c"]("CartPole-v1", max_worker_restarts=1)
+    with pytest.raises(WorkerError, match=r"worker \d died unexpectedly \(killed by SIGKILL\)"):
+        model.learn(1_000_000, callback=[KillAWorker(at_call=50), KillAWorker(at_call=150)])
+    assert model.worker_restarts == 1
+
+
+def test_a_worker_killed_holding_the_shared_lock_stalls_nobody(no_leaks):
+    model = ALGORITHMS["a3c"]("CartPole-v1")
+    params = th.nn.utils.parameters_to_vector(model.policy.parameters()).detach()
+    collector = LocalCollector(model._worker_spec(), 2, params, max_worker_restarts=1)
+    try:
+        collector.start()
+        report = collector.next_report()
+        collector.release(report.worker_id)
+        # As if worker 0 died while it copied the parameters: the lock stays held, by nobody alive.
+        collector._shared.lock.acquire()
+        os.kill(collector.worker_pids[0], signal.SIGKILL)
+        started = time.monotonic()
+        collector.publish(params)
+        assert time.monotonic() - started < 2
+        # Worker 1 goes on, and worker 0's replacement copies the parameters and reports.
+        reported = set()
+        while reported != {0, 1}:
+            report = collector.next_report()
+            reported.add(report.worker_id)
+            collector.release(report.worker_id)
+        assert collector.restarts == 1
+    finally:
+        collector.close()
+
+
+@every_algorithm
 def test_env_that_raises_is_reported_with_the_workers_traceback(make_model, no_leaks):
-    model = make_model(lambda: RaisingEnv(fail_after=30))
+    # An exception is an error even with restarts left: a rebuilt worker would raise it again.
+    model = make_model(lambda: RaisingEnv(fail_after=30), max_worker_restarts=2)
     with pytest.raises(WorkerError, match="raised an exception") as error:
         model.learn(100_000)
+    assert model.worker_restarts == 0
     assert "RuntimeError: the env broke on purpose" in str(error.value)
     assert "tests/envs.py" in error.value.worker_traceback
 
@@ -117,6 +167,7 @@ faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for sta
 # inherits SIGINT ignored, and Python then leaves it ignored: Ctrl-C could never arrive.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from sb3_async import A3C
 
 class Announce(BaseCallback):

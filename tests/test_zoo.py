@@ -64,6 +64,16 @@ def test_config_entry_loads_and_builds_its_model_and_worker_envs(algo, entry, tm
         model.env.close()
 
 
+def test_backend_and_restarts_come_from_the_command_line_hyperparameters(tmp_path):
+    # rl-zoo3's --hyperparams override the config entry, as for any constructor argument.
+    overrides = {"backend": "ray", "max_worker_restarts": 2, "ray_actor_options": {"num_cpus": 1}}
+    manager = AsyncExperimentManager(
+        argparse.Namespace(), "a3c", "CartPole-v1", str(tmp_path), eval_freq=-1, verbose=0, hyperparams=overrides
+    )
+    model, _ = manager.setup_experiment()  # built, not trained: no Ray starts
+    assert (model.backend, model.max_worker_restarts, model.ray_actor_options) == ("ray", 2, {"num_cpus": 1})
+
+
 def test_n_envs_is_split_between_workers():
     assert split_envs(8, 2) == (2, 4)
     assert split_envs(16, None)[0] * split_envs(16, None)[1] == 16

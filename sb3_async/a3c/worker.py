@@ -12,7 +12,7 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
-from sb3_async.common.collector import Segment, WorkerLogic
+from sb3_async.common.collectors import Segment, WorkerLogic
 from sb3_async.common.rollout import StepLog, actions_for_env, bootstrap_truncations
 
 

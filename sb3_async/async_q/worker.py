@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.dqn.policies import DQNPolicy
 
 from sb3_async.async_q.loss import n_step_targets, q_learning_loss
-from sb3_async.common.collector import Segment, WorkerLogic
+from sb3_async.common.collectors import Segment, WorkerLogic
 from sb3_async.common.rollout import StepLog, truncations
 
 Observations = np.ndarray | dict[str, np.ndarray]

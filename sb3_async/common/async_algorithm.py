@@ -20,9 +20,11 @@ from stable_baselines3.common.type_aliases import MaybeCallback, TrainFreq, Trai
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_async.common.collector import (
-    AsyncGradientCollector,
+from sb3_async.common.collectors import (
+    BACKENDS,
+    GradientCollector,
     GradientReport,
+    LocalCollector,
     WorkerSpec,
     buffers_to_vector,
     clip_gradient_norm_,
@@ -30,6 +32,8 @@ from sb3_async.common.collector import (
     flat_parameters_view,
     vector_to_buffers,
 )
+from sb3_async.common.collectors.base import check_restarts
+from sb3_async.common.collectors.ray_backend import RayCollector, check_actor_options, import_ray
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
 from sb3_async.common.flat_optimizer import FlatOptimizerState, can_flatten
 from sb3_async.common.hogwild import HogwildSettings, check_hogwild_optimizer
@@ -142,7 +146,7 @@ def _rows(column: Any, start: int, stop: int | None) -> Any:
 class AsyncAlgorithmMixin:
     """
     The learner half of an asynchronous algorithm: ``learn()`` starts the workers of an
-    :class:`~sb3_async.common.collector.AsyncGradientCollector`, applies each gradient as it arrives
+    :class:`~sb3_async.common.collectors.GradientCollector`, applies each gradient as it arrives
     with the policy's one optimizer (so RMSprop statistics are shared by construction), runs SB3's
     callbacks and logger, and always stops the workers before returning.
 
@@ -154,6 +158,10 @@ class AsyncAlgorithmMixin:
     envs_per_worker: int
     max_grad_norm: float | None
     update_mode: str
+    backend: str
+    max_worker_restarts: int
+    ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None
+    ray_init_kwargs: dict[str, Any] | None
     _user_env: Any
     # During learn(): the optimizer state laid out flat (shared with Hogwild workers), and what steps it here.
     _flat_optimizer_state: FlatOptimizerState | None = None
@@ -165,9 +173,29 @@ class AsyncAlgorithmMixin:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self._update_mode() not in UPDATE_MODES:
             raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {self._update_mode()!r}")
+        if self._backend() not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self._backend()!r}")
+        check_restarts(self._max_worker_restarts())
+        if self._backend() == "ray":
+            if self._update_mode() == "hogwild":
+                raise ValueError(
+                    "update_mode='hogwild' needs the workers to share memory, which Ray actors on a cluster do not: "
+                    "use backend='local' for Hogwild, or update_mode='learner' with Ray"
+                )
+            check_actor_options(getattr(self, "ray_actor_options", None), self.n_workers)
+            if not isinstance(getattr(self, "ray_init_kwargs", None) or {}, dict):
+                raise ValueError(f"ray_init_kwargs must be a dict, got {self.ray_init_kwargs!r}")
+            import_ray()  # an ImportError that says what to install, now rather than in learn()
 
+    # Models saved before these settings existed load with today's behaviour.
     def _update_mode(self) -> str:
-        return getattr(self, "update_mode", "learner")  # models saved before it existed
+        return getattr(self, "update_mode", "learner")
+
+    def _backend(self) -> str:
+        return getattr(self, "backend", "local")
+
+    def _max_worker_restarts(self) -> int:
+        return getattr(self, "max_worker_restarts", 0)
 
     def _finish_init(self, use_rms_prop: bool, rms_prop_eps: float, init_setup_model: bool) -> None:
         """
@@ -292,6 +320,7 @@ class AsyncAlgorithmMixin:
         if reset_num_timesteps or not hasattr(self, "_unreported_steps"):
             self._unreported_steps = PendingSteps()  # env steps not yet passed to callbacks (fewer than n_envs)
             self.dropped_updates = 0
+            self.worker_restarts = 0
         self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
         # The learner's apply is on every worker's critical path. Parameters and gradients as views of
         # two flat tensors make loading a gradient, clipping it and publishing parameters one op each.
@@ -305,7 +334,7 @@ class AsyncAlgorithmMixin:
         hogwild = self._update_mode() == "hogwild"
         collector = self._make_collector(total_timesteps, params, flat_params, flat_gradient)
         flat_state = self._flat_optimizer_state
-        shared_buffers = collector.shared_buffers
+        restarts_before = getattr(self, "worker_restarts", 0)
         with sigterm_raises_system_exit():
             try:
                 callback.on_training_start(locals(), globals())
@@ -316,7 +345,9 @@ class AsyncAlgorithmMixin:
                     # As SB3's learning rate for a rollout's update: counting the rollout's own steps.
                     steps_taken = self.num_timesteps + self._unreported_steps.n_rows + report.segment.n_env_steps
                     self._update_current_progress_remaining(steps_taken, total_timesteps)
+                    self.worker_restarts = restarts_before + collector.restarts
                     if hogwild:
+                        assert isinstance(collector, LocalCollector)
                         self._account_for_hogwild_update(collector, report)
                     else:
                         self._apply_report(collector, report, flat_params, flat_gradient)
@@ -331,13 +362,16 @@ class AsyncAlgorithmMixin:
                             self._dump_iteration_logs(iteration)
                             window = _LogWindow(idle_seconds_at_start=collector.idle_seconds)
             finally:
-                collector.close()
-                th.set_num_threads(user_threads)
+                try:
+                    collector.close()
+                finally:
+                    th.set_num_threads(user_threads)
                 if hogwild:
                     # The learner's own copy again, of what the workers made.
                     flat_parameters_view(params)
                     if self._policy_buffers:
-                        vector_to_buffers(shared_buffers, self._policy_buffers)
+                        assert isinstance(collector, LocalCollector)
+                        vector_to_buffers(collector.shared_buffers, self._policy_buffers)
                 if flat_state is not None:  # the optimizer state in SB3's form again
                     flat_state.copy_to(self.policy.optimizer, params)
                 self._flat_optimizer_state = self._learner_optimizer = None
@@ -346,9 +380,9 @@ class AsyncAlgorithmMixin:
 
     def _make_collector(
         self, total_timesteps: int, params: list[th.nn.Parameter], flat_params: th.Tensor, flat_gradient: th.Tensor
-    ) -> AsyncGradientCollector:
+    ) -> GradientCollector:
         """
-        The collector for one ``learn()``, and what applies the updates: in learner mode
+        The collector for one ``learn()`` on the model's backend, and what applies the updates: in learner mode
         ``_learner_optimizer``, stepping the flat optimizer state if it can; with Hogwild the
         workers, through that state in shared memory, which the learner's parameters then view.
         """
@@ -363,29 +397,47 @@ class AsyncAlgorithmMixin:
             # Exactly the steps the loop below waits for: on_step counts n_envs at a time.
             n_calls_left = -(-(total_timesteps - self.num_timesteps) // self.n_envs)
             step_budget = n_calls_left * self.n_envs - self._unreported_steps.n_rows
-            collector = AsyncGradientCollector(
+            hogwild_collector = LocalCollector(
                 self._worker_spec(settings),
                 self.n_workers,
                 flat_params,
                 buffers_to_vector(self._policy_buffers),
                 flat_state,
                 step_budget,
+                max_worker_restarts=self._max_worker_restarts(),
             )
             # The learner's parameters become views of the ones the workers update, so callbacks see them.
-            th.nn.utils.vector_to_parameters(collector.shared_params, params)
+            th.nn.utils.vector_to_parameters(hogwild_collector.shared_params, params)
             self._learner_optimizer = None
-        else:
-            collector = AsyncGradientCollector(
-                self._worker_spec(), self.n_workers, flat_params, buffers_to_vector(self._policy_buffers)
+            self._flat_optimizer_state = flat_state
+            return hogwild_collector
+        collector: GradientCollector
+        if self._backend() == "ray":
+            collector = RayCollector(
+                self._worker_spec(),
+                self.n_workers,
+                flat_params,
+                buffers_to_vector(self._policy_buffers),
+                max_worker_restarts=self._max_worker_restarts(),
+                ray_actor_options=self.ray_actor_options,
+                ray_init_kwargs=self.ray_init_kwargs,
             )
-            if flat_state is not None:
-                self._learner_optimizer = flat_state.optimizer_over(flat_params)
-                flat_state.set_gradient(self._learner_optimizer, flat_gradient)
-            else:
-                self._learner_optimizer = self.policy.optimizer
-                for group in self._learner_optimizer.param_groups:
-                    if group.get("foreach") is None:
-                        group["foreach"] = True  # same update, one kernel per op for all tensors
+        else:
+            collector = LocalCollector(
+                self._worker_spec(),
+                self.n_workers,
+                flat_params,
+                buffers_to_vector(self._policy_buffers),
+                max_worker_restarts=self._max_worker_restarts(),
+            )
+        if flat_state is not None:
+            self._learner_optimizer = flat_state.optimizer_over(flat_params)
+            flat_state.set_gradient(self._learner_optimizer, flat_gradient)
+        else:
+            self._learner_optimizer = self.policy.optimizer
+            for group in self._learner_optimizer.param_groups:
+                if group.get("foreach") is None:
+                    group["foreach"] = True  # same update, one kernel per op for all tensors
         self._flat_optimizer_state = flat_state
         return collector
 
@@ -401,7 +453,7 @@ class AsyncAlgorithmMixin:
         """Called after each applied gradient, before the new parameters are published (e.g. to refresh a target network)."""
 
     def _apply_report(
-        self, collector: AsyncGradientCollector, report: GradientReport, flat_params: th.Tensor, flat_gradient: th.Tensor
+        self, collector: GradientCollector, report: GradientReport, flat_params: th.Tensor, flat_gradient: th.Tensor
     ) -> None:
         """
         Apply one worker's gradient (unless it is not finite), add its change to the policy buffers
@@ -427,7 +479,7 @@ class AsyncAlgorithmMixin:
             collector.publish(flat_params, flat_buffers)
         self._finish_report(collector, report, applied)
 
-    def _account_for_hogwild_update(self, collector: AsyncGradientCollector, report: GradientReport) -> None:
+    def _account_for_hogwild_update(self, collector: LocalCollector, report: GradientReport) -> None:
         """
         Hogwild: the worker applied its gradient itself (unless it was not finite). Do the learner's
         share: count it, refresh what follows the parameters (a target network), merge VecNormalize
@@ -436,7 +488,7 @@ class AsyncAlgorithmMixin:
         if report.applied:
             self._update_learning_rate(self.policy.optimizer)  # what the workers use, logged as in learner mode
             if self._policy_buffers:
-                with collector.lock:  # workers add their buffer changes under it
+                with collector.locked():  # workers add their buffer changes under it
                     vector_to_buffers(collector.shared_buffers, self._policy_buffers)
                     self._after_gradient_step(report)
                     collector.shared_buffers.copy_(buffers_to_vector(self._policy_buffers))
@@ -444,7 +496,7 @@ class AsyncAlgorithmMixin:
                 self._after_gradient_step(report)
         self._finish_report(collector, report, bool(report.applied))
 
-    def _finish_report(self, collector: AsyncGradientCollector, report: GradientReport, applied: bool) -> None:
+    def _finish_report(self, collector: GradientCollector, report: GradientReport, applied: bool) -> None:
         """Count the update (or the dropped one), merge its VecNormalize statistics, and answer its worker."""
         if applied:
             self._n_updates += 1
@@ -504,7 +556,7 @@ class AsyncAlgorithmMixin:
             )
         return step
 
-    def _record_async_logs(self, window: _LogWindow, collector: AsyncGradientCollector) -> None:
+    def _record_async_logs(self, window: _LogWindow, collector: GradientCollector) -> None:
         elapsed = max(time.perf_counter() - window.started_at, sys.float_info.epsilon)
         for key, values in window.stats.items():
             # A worker's stats go under train/ unless they name their own section (e.g. "offpac/rho_mean").
@@ -516,4 +568,5 @@ class AsyncAlgorithmMixin:
         self.logger.record("async/updates_per_s", len(window.staleness) / elapsed)
         self.logger.record("async/learner_idle_fraction", (collector.idle_seconds - window.idle_seconds_at_start) / elapsed)
         self.logger.record("async/dropped_updates", self.dropped_updates)
+        self.logger.record("async/worker_restarts", self.worker_restarts)
         self.logger.record("async/n_workers", self.n_workers, exclude="tensorboard")

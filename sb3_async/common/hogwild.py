@@ -4,7 +4,7 @@ own gradient and applies it to the shared parameters itself, with one set of opt
 (RMSprop's mean squares, Adam's moments and step count) in shared memory, shared by all workers, as
 in the paper's best variant ("shared RMSProp"). The learner only counts, calls back, logs and saves.
 The shared statistics are a :class:`~sb3_async.common.flat_optimizer.FlatOptimizerState` in shared
-memory; the worker's loop is ``_Worker.run_hogwild`` in :mod:`sb3_async.common.collector`.
+memory; the worker's loop is ``_Worker.run_hogwild`` in :mod:`sb3_async.common.collectors.local`.
 """
 
 from dataclasses import dataclass

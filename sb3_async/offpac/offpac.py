@@ -69,6 +69,17 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
     :param update_mode: Who applies the gradients. ``"learner"``: this process, one at a time, as they
         arrive. ``"hogwild"``: each worker, lock-free, to the shared parameters with optimizer statistics
         shared by all workers (the paper's variant; RMSprop, Adam or AdamW, on the CPU; see ``docs/architecture.md``)
+    :param backend: Where the workers run. ``"local"``: processes on this machine, parameters and gradients
+        in shared memory. ``"ray"``: Ray actors on the cluster that ``ray.init`` connected this process to (or
+        on a local Ray that ``learn()`` starts and stops); needs ``pip install 'sb3_async[ray]'`` and
+        ``update_mode="learner"`` (see ``docs/distributed.md``)
+    :param max_worker_restarts: How many times in one ``learn()`` a worker that dies (its process, its Ray actor
+        or its node) is rebuilt, with new envs and the newest parameters, before a death stops training with
+        ``WorkerError``. An exception raised by an env or the loss always stops training
+    :param ray_actor_options: ``backend="ray"`` only: the options of each worker's actor (``num_cpus``, 1 by
+        default, ``resources``, ``runtime_env``, ...), one dict for all or a list of one dict per worker
+    :param ray_init_kwargs: ``backend="ray"`` only: keyword arguments for the ``ray.init`` that ``learn()``
+        calls when Ray is not initialised
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -110,6 +121,10 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         envs_per_worker: int = 1,
         wait_for_own_update: bool = True,
         update_mode: str = "learner",
+        backend: str = "local",
+        max_worker_restarts: int = 0,
+        ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None = None,
+        ray_init_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -122,6 +137,10 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         self.envs_per_worker = envs_per_worker
         self.wait_for_own_update = wait_for_own_update
         self.update_mode = update_mode
+        self.backend = backend
+        self.max_worker_restarts = max_worker_restarts
+        self.ray_actor_options = ray_actor_options
+        self.ray_init_kwargs = ray_init_kwargs
         self._validate_async_arguments(n_steps)
         for name, value in (("rho_bar", rho_bar), ("c_bar", c_bar)):
             if not value > 0:

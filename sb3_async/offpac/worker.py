@@ -23,7 +23,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_async.common.collector import Segment, WorkerLogic
+from sb3_async.common.collectors import Segment, WorkerLogic
 from sb3_async.common.rollout import StepLog, actions_for_env, bootstrap_truncations
 from sb3_async.offpac.behavior import BehaviorPolicy
 from sb3_async.offpac.loss import OffPolicySegment, off_policy_ac_loss

@@ -30,7 +30,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
 from sb3_async.common.async_algorithm import default_n_workers
-from sb3_async.common.collector import WorkerError
+from sb3_async.common.collectors import WorkerError
 from sb3_async.common.envs import RECIPE_ATTRIBUTE, VecEnvRecipe
 from sb3_async.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
 

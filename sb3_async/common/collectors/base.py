@@ -1,0 +1,329 @@
+"""
+What every collector backend shares: the messages between workers and the learner, the
+algorithm-specific half of a worker (:class:`WorkerLogic`), the transport-independent rest of a
+worker (:class:`WorkerCore`), and the learner's side of the transport (:class:`GradientCollector`).
+
+A backend only moves things: parameters out to the workers, gradients (and policy-buffer changes,
+VecNormalize statistics, env steps for the callbacks) back, "go" messages out again. How one
+segment becomes a gradient is the same everywhere (:meth:`WorkerCore.compute_gradient`).
+"""
+
+import signal
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
+
+from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory, WorkerVecNormalize
+from sb3_async.common.hogwild import HogwildSettings
+
+# Gradients a worker may have handed over and not yet had answered: with wait_for_own_update=False
+# it computes its next gradient while the learner still applies the last one.
+SLOTS_PER_WORKER = 2
+
+
+@dataclass
+class Segment:
+    """What a worker tells the learner about the experience behind one gradient."""
+
+    n_env_steps: int
+    # The env steps behind the gradient, as SB3's callbacks see them (a StepLog's pop()); empty for
+    # a gradient that took no env steps (e.g. OffPolicyAC's replay).
+    steps: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class WorkerLogic(ABC):
+    """
+    The algorithm-specific half of a worker: given envs and a policy whose parameters the
+    collector keeps in sync with the learner, gather experience and return the loss to differentiate.
+
+    :param env: the worker's own envs
+    :param policy: the worker's local copy of the policy
+    :param worker_id: index of this worker, from 0
+    """
+
+    def __init__(self, env: VecEnv, policy: BasePolicy, worker_id: int) -> None:
+        self.env = env
+        self.policy = policy
+        self.worker_id = worker_id
+        # The learner's training progress (1 at the start, 0 at the end), as of the last "go":
+        # what SB3's schedules (e.g. DQN's exploration rate) take.
+        self.progress_remaining = 1.0
+
+    @abstractmethod
+    def compute_loss(self) -> tuple[th.Tensor, Segment]:
+        """Run one segment with the freshly synced policy; return its loss and what it saw."""
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs to build itself; cloudpickled once, at start."""
+
+    env_factory: WorkerEnvFactory
+    policy_class: type[BasePolicy]
+    policy_kwargs: dict[str, Any]
+    observation_space: spaces.Space
+    action_space: spaces.Space
+    logic_class: type[WorkerLogic]
+    logic_kwargs: dict[str, Any]
+    normalization: NormalizationStatistics | None = None
+    seed: int | None = None
+    # True: the paper's way, each segment starts from parameters that include the worker's own last
+    # update (it waits for the learner). False: no idle round trip (see docs/architecture.md).
+    wait_for_own_update: bool = True
+    # Set for update_mode="hogwild": the worker applies its own gradients (see sb3_async.common.hogwild).
+    hogwild: HogwildSettings | None = None
+
+    def build_policy(self) -> BasePolicy:
+        # The local copy never steps an optimizer, so its learning rate does not matter.
+        policy = self.policy_class(self.observation_space, self.action_space, lambda _: 0.0, **self.policy_kwargs)
+        return policy.to("cpu")
+
+
+@dataclass
+class GradientReport:
+    """Worker -> learner: "my gradient is ready" (where it is, the backend knows: a slot, an array)."""
+
+    worker_id: int
+    params_version: int
+    segment: Segment
+    normalization: NormalizationStatistics | None = None
+    slot: int = 0  # which of the worker's gradient slots holds it
+    # Updates applied since the worker copied the parameters: filled in by the learner, or by a Hogwild worker.
+    staleness: int = 0
+    # Hogwild: whether the worker applied it (False: not finite, dropped). None: the learner applies it.
+    applied: bool | None = None
+
+
+@dataclass
+class Go:
+    """Learner -> worker: "your last report is done with", with the newest statistics and progress."""
+
+    normalization: NormalizationStatistics | None = None
+    progress_remaining: float = 1.0
+
+
+class WorkerError(RuntimeError):
+    """A worker failed or died. ``worker_traceback`` holds its traceback when it had one; ``node`` its Ray node."""
+
+    def __init__(self, worker_id: int, reason: str, worker_traceback: str | None = None, node: str | None = None) -> None:
+        self.worker_id = worker_id
+        self.reason = reason
+        self.worker_traceback = worker_traceback
+        self.node = node
+        where = f" (node {node})" if node else ""
+        message = f"sb3_async worker {worker_id}{where} {reason}"
+        if worker_traceback:
+            message += f"\n\nTraceback in worker {worker_id}:\n{worker_traceback}"
+        super().__init__(message)
+
+
+class WorkerDied(Exception):
+    """Raised inside a collector when worker ``worker_id`` is gone; a restart or a :class:`WorkerError` follows."""
+
+    def __init__(self, worker_id: int, reason: str, node: str | None = None) -> None:
+        super().__init__(reason)
+        self.worker_id = worker_id
+        self.reason = reason
+        self.node = node
+
+
+def buffers_to_vector(buffers: Sequence[th.Tensor]) -> th.Tensor:
+    """All ``buffers`` in one float64 vector (float64 holds integer counters such as ``num_batches_tracked`` exactly)."""
+    if not buffers:
+        return th.zeros(0, dtype=th.float64)
+    return th.cat([buffer.detach().reshape(-1).to("cpu", th.float64) for buffer in buffers])
+
+
+def vector_to_buffers(vector: th.Tensor, buffers: Sequence[th.Tensor]) -> None:
+    offset = 0
+    for buffer in buffers:
+        size = buffer.numel()
+        buffer.copy_(vector[offset : offset + size].view_as(buffer))
+        offset += size
+
+
+def flat_parameters_view(params: Sequence[th.nn.Parameter]) -> th.Tensor:
+    """Re-seat ``params`` as views into one flat tensor (returned), so syncing is one copy."""
+    flat = th.nn.utils.parameters_to_vector(params).detach().clone()
+    th.nn.utils.vector_to_parameters(flat, params)
+    return flat
+
+
+def write_flat_gradient(params: Sequence[th.nn.Parameter], out: th.Tensor) -> None:
+    offset = 0
+    for param in params:
+        size = param.numel()
+        if param.grad is None:  # a parameter the loss does not use
+            out[offset : offset + size].zero_()
+        else:
+            out[offset : offset + size].copy_(param.grad.view(-1))
+        offset += size
+
+
+def clip_gradient_norm_(flat_gradient: th.Tensor, gradient_norm: float, max_norm: float | None) -> None:
+    """``th.nn.utils.clip_grad_norm_`` on one flat gradient whose norm is already known."""
+    if max_norm is not None:
+        flat_gradient.mul_(min(1.0, max_norm / (gradient_norm + 1e-6)))
+
+
+def flat_gradient_view(params: Sequence[th.nn.Parameter]) -> th.Tensor:
+    """Give every parameter a ``.grad`` that is a view into one flat zero tensor (returned)."""
+    flat = th.zeros(sum(param.numel() for param in params), dtype=params[0].dtype, device=params[0].device)
+    offset = 0
+    for param in params:
+        size = param.numel()
+        param.grad = flat[offset : offset + size].view_as(param)
+        offset += size
+    return flat
+
+
+def prepare_worker_process() -> None:
+    """What every worker process does first, whatever started it."""
+    # Ctrl-C reaches the whole process group; the learner decides how everybody stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Workers already fill the cores; intra-op threads on top of them only oversubscribe.
+    th.set_num_threads(1)
+    # Argument checks in torch.distributions cost more than the tiny networks' forward passes.
+    th.distributions.Distribution.set_default_validate_args(False)
+
+
+class WorkerCore:
+    """
+    A worker's envs, local policy and :class:`WorkerLogic`, and the steps of one segment that do not
+    depend on how parameters and gradients travel: load parameters, run the segment and
+    backpropagate, read the gradient and the buffer change.
+
+    :param worker_id: index of this worker, from 0
+    :param spec: how to build it
+    :param n_params: the learner's parameter count, to check the local policy against
+    :param incarnation: how many times this worker was restarted (a restarted worker draws new random numbers)
+    :param n_workers: the number of workers
+    """
+
+    def __init__(self, worker_id: int, spec: WorkerSpec, n_params: int, incarnation: int = 0, n_workers: int = 1) -> None:
+        self.worker_id = worker_id
+        self.spec = spec
+        # Every worker forks from the same server: without a seed of its own, all would draw the same numbers.
+        if spec.seed is not None:
+            set_random_seed(spec.seed + worker_id + incarnation * n_workers)
+        else:
+            set_random_seed(int(np.random.SeedSequence().entropy % 2**32))
+        self.env = spec.env_factory.build(worker_id, spec.normalization)
+        vec_normalize = unwrap_vec_normalize(self.env)
+        assert vec_normalize is None or isinstance(vec_normalize, WorkerVecNormalize)
+        self.vec_normalize = vec_normalize
+        self.policy = spec.build_policy()
+        self.params = list(self.policy.parameters())
+        self.local_params = flat_parameters_view(self.params)
+        if self.local_params.numel() != n_params:
+            raise RuntimeError(f"the worker's policy has {self.local_params.numel()} parameters, the learner's {n_params}")
+        self.buffers = list(self.policy.buffers())
+        self.buffers_at_start = th.zeros(0, dtype=th.float64)
+        self.logic = spec.logic_class(self.env, self.policy, worker_id, **spec.logic_kwargs)
+
+    def take_answer(self, answer: Go) -> None:
+        if answer.normalization is not None and self.vec_normalize is not None:
+            self.vec_normalize.load_learner_statistics(answer.normalization)
+        self.logic.progress_remaining = answer.progress_remaining
+
+    def load_parameters(self, params: th.Tensor, buffers: th.Tensor) -> None:
+        """Copy the learner's flat parameters and buffers into the local policy."""
+        self.local_params.copy_(params)
+        if self.buffers:
+            self.buffers_at_start = buffers.clone()
+            vector_to_buffers(self.buffers_at_start, self.buffers)
+
+    def run_segment(self) -> Segment:
+        """Run one segment and backpropagate its loss into the local policy's ``.grad``."""
+        loss, segment = self.logic.compute_loss()
+        self.policy.zero_grad(set_to_none=True)
+        loss.backward()
+        return segment
+
+    def write_gradient(self, out: th.Tensor) -> None:
+        write_flat_gradient(self.params, out=out)
+
+    def write_buffer_change(self, out: th.Tensor) -> None:
+        """How the segment changed the policy buffers (e.g. BatchNorm statistics)."""
+        if self.buffers:
+            th.sub(buffers_to_vector(self.buffers), self.buffers_at_start, out=out)
+
+    def new_statistics(self) -> NormalizationStatistics | None:
+        return self.vec_normalize.pop_new_statistics() if self.vec_normalize is not None else None
+
+    def close(self) -> None:
+        try:
+            self.env.close()
+        except Exception:
+            pass
+
+
+class GradientCollector(ABC):
+    """
+    The learner's side of a backend: start the workers, hand out their gradients one at a time,
+    publish new parameters, answer each report, and stop everything in :meth:`close` (also on errors).
+
+    A worker that dies is rebuilt (new envs, newest parameters) while ``max_worker_restarts`` allows,
+    counted in :attr:`restarts`; after that, or when a worker raises, :meth:`next_report` raises
+    :class:`WorkerError` naming it.
+    """
+
+    n_workers: int
+    version: int  # updates published so far
+    idle_seconds: float  # time the learner spent waiting for reports
+    restarts: int  # workers rebuilt so far
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start every worker, wait until each has built its envs and policy, then let them run."""
+
+    @abstractmethod
+    def next_report(self) -> GradientReport:
+        """Block until some worker's gradient is ready (raises :class:`WorkerError` if one fails)."""
+
+    @abstractmethod
+    def gradient(self, report: GradientReport) -> th.Tensor:
+        """The report's flat gradient, valid until its worker is released."""
+
+    @abstractmethod
+    def buffer_change(self, report: GradientReport) -> th.Tensor:
+        """How the report's segment changed the policy buffers, valid until its worker is released."""
+
+    @abstractmethod
+    def publish(self, flat_params: th.Tensor, flat_buffers: th.Tensor | None = None) -> None:
+        """Make ``flat_params`` (and ``flat_buffers``) the parameters (and buffers) that workers copy from now on."""
+
+    @abstractmethod
+    def release(
+        self, worker_id: int, normalization: NormalizationStatistics | None = None, progress_remaining: float = 1.0
+    ) -> None:
+        """Answer worker ``worker_id``'s oldest report, with the newest statistics and progress."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop every worker and free every resource. Idempotent."""
+
+    def __enter__(self) -> "GradientCollector":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def check_restarts(max_worker_restarts: Any) -> int:
+    if (
+        not isinstance(max_worker_restarts, (int, np.integer))
+        or isinstance(max_worker_restarts, bool)
+        or max_worker_restarts < 0
+    ):
+        raise ValueError(f"max_worker_restarts must be an integer >= 0, got {max_worker_restarts!r}")
+    return int(max_worker_restarts)

@@ -1,0 +1,303 @@
+"""
+The Ray backend (``backend="ray"``): workers are Ray actors, on whatever cluster this process (the
+driver, where the learner runs) is connected to; with no connection, ``learn()`` starts a local
+Ray and shuts it down at the end::
+
+    learner (driver)                                     worker k (a Ray actor, any node)
+    ----------------                                     --------------------------------
+    ray.put((params, buffers, version)) -> ref           (built once: envs, policy, WorkerLogic)
+    actor_k.compute_gradient.remote(ref, go) ----------> load params, run a segment, backpropagate
+    ray.wait(calls in flight, num_returns=1) <---------- return (GradientReport, gradient, buffer change)
+    apply it, then publish(): one ray.put per update
+    release(k): actor_k's next call, with the newest ref
+
+The parameters go through the object store once per update, however many workers read them;
+gradients come back as numpy arrays, first ready first applied. With ``wait_for_own_update=False``
+each actor has two calls queued, so it starts its next segment at once (with the parameters of one
+update earlier), as a local worker with its two slots. Hogwild needs memory shared by all workers
+and is local-only.
+
+A dead actor, or its node, is seen through the error its calls return; Ray notices a dead process
+at once, a dead node after its health checks (seconds). Within ``max_worker_restarts`` a new actor
+takes its place, with new envs and the newest parameters.
+"""
+
+import os
+import time
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import torch as th
+
+from sb3_async.common.collectors.base import (
+    SLOTS_PER_WORKER,
+    GradientCollector,
+    GradientReport,
+    Go,
+    WorkerCore,
+    WorkerError,
+    WorkerSpec,
+    prepare_worker_process,
+)
+from sb3_async.common.envs import NormalizationStatistics, dumps_for_workers
+
+_WAIT_SECONDS = 1.0
+_START_TIMEOUT_SECONDS = 300.0  # actors on a cluster may wait for a node, or for their runtime_env to install
+_PATIENCE_SECONDS = 10.0  # then a warning says what the actor waits for
+DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 1}
+
+
+def import_ray() -> Any:
+    """Ray, or an ImportError that says how to install it."""
+    try:
+        import ray
+    except ImportError as error:
+        raise ImportError("backend='ray' needs Ray, which is not installed: pip install 'sb3_async[ray]'") from error
+    return ray
+
+
+def check_actor_options(ray_actor_options: Any, n_workers: int) -> list[dict[str, Any]]:
+    """One options dict per worker: one dict for all of them, or a list of ``n_workers`` dicts (to place each)."""
+    if ray_actor_options is None:
+        ray_actor_options = {}
+    if isinstance(ray_actor_options, dict):
+        per_worker = [ray_actor_options] * n_workers
+    elif isinstance(ray_actor_options, (list, tuple)) and all(isinstance(options, dict) for options in ray_actor_options):
+        per_worker = list(ray_actor_options)
+        if len(per_worker) != n_workers:
+            raise ValueError(f"ray_actor_options has {len(per_worker)} dicts, one per worker needs n_workers={n_workers}")
+    else:
+        raise ValueError(f"ray_actor_options must be a dict or a list of n_workers dicts, got {ray_actor_options!r}")
+    return [{**DEFAULT_ACTOR_OPTIONS, **options} for options in per_worker]
+
+
+class RayWorker:
+    """
+    One worker as a Ray actor: its :class:`WorkerCore`, and a method that turns the published
+    parameters into a gradient. Made remote by the collector, so importing this module needs no Ray.
+    """
+
+    def __init__(self, worker_id: int, spec_bytes: bytes, n_params: int, incarnation: int, n_workers: int) -> None:
+        prepare_worker_process()
+        self.core = WorkerCore(worker_id, cloudpickle.loads(spec_bytes), n_params, incarnation, n_workers)
+        self.gradient = th.zeros_like(self.core.local_params)
+        self.buffer_change = th.zeros(0, dtype=th.float64)
+
+    def where(self) -> tuple[str, int]:
+        """This actor's node id and process id."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), os.getpid()
+
+    def compute_gradient(
+        self, published: tuple[np.ndarray, np.ndarray, int], answer: Go
+    ) -> tuple[GradientReport, np.ndarray, np.ndarray]:
+        params, buffers, params_version = published
+        core = self.core
+        core.take_answer(answer)
+        # The object store hands out read-only arrays: copy them in.
+        np.copyto(core.local_params.numpy(), params)
+        core.load_parameters(core.local_params, th.from_numpy(np.array(buffers)))
+        segment = core.run_segment()
+        core.write_gradient(self.gradient)
+        if core.buffers:
+            self.buffer_change = th.zeros_like(core.buffers_at_start)
+            core.write_buffer_change(self.buffer_change)
+        report = GradientReport(core.worker_id, params_version, segment, core.new_statistics())
+        # Serialized as this call returns, before the next call can overwrite them.
+        return report, self.gradient.numpy(), self.buffer_change.numpy()
+
+
+class RayCollector(GradientCollector):
+    """
+    The learner's side of the Ray backend (see the module docstring).
+
+    :param spec: how each worker builds its envs, its policy and its :class:`WorkerLogic`
+    :param n_workers: number of Ray actors
+    :param initial_params: the learner's flat parameters, published to the workers at start
+    :param initial_buffers: the learner's policy buffers (:func:`buffers_to_vector`), if it has any
+    :param max_worker_restarts: how many dead actors to replace before a death is an error
+    :param ray_actor_options: options for ``ray.remote`` (``num_cpus``, ``resources``, ``runtime_env``, ...):
+        one dict for every actor, or one per actor
+    :param ray_init_kwargs: keyword arguments for ``ray.init`` when Ray is not initialised yet
+        (then this collector starts it, and shuts it down in :meth:`close`)
+    """
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        n_workers: int,
+        initial_params: th.Tensor,
+        initial_buffers: th.Tensor | None = None,
+        max_worker_restarts: int = 0,
+        ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None = None,
+        ray_init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if spec.hogwild is not None:
+            raise ValueError("update_mode='hogwild' shares memory between the workers, which the Ray backend cannot")
+        self._ray = import_ray()
+        self.n_workers = n_workers
+        self.max_worker_restarts = max_worker_restarts
+        self._actor_options = check_actor_options(ray_actor_options, n_workers)
+        self._ray_init_kwargs = dict(ray_init_kwargs or {})
+        self._spec_bytes = dumps_for_workers(spec, what="the worker setup (policy, env factory, hyperparameters)")
+        self._calls_per_worker = 1 if spec.wait_for_own_update else SLOTS_PER_WORKER
+        self._n_params = initial_params.numel()
+        self._initial = (
+            initial_params.detach().to("cpu").numpy().copy(),
+            np.zeros(0) if initial_buffers is None else initial_buffers.to("cpu", th.float64).numpy().copy(),
+        )
+        self._published: Any = None
+        self._actors: list[Any] = []
+        self._incarnations = [0] * n_workers
+        self.worker_locations: list[tuple[str, int]] = []  # (node id, pid) of each actor
+        self._pending: OrderedDict[Any, int] = OrderedDict()  # calls in flight, oldest first -> worker id
+        self._last_answer = [Go() for _ in range(n_workers)]
+        self._payloads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._started_ray = False
+        self.version = 0
+        self.idle_seconds = 0.0
+        self.restarts = 0
+        self._closed = False
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [pid for _, pid in self.worker_locations]
+
+    def start(self) -> None:
+        ray = self._ray
+        if not ray.is_initialized():
+            ray.init(**self._ray_init_kwargs)
+            self._started_ray = True
+        params, buffers = self._initial
+        self._published = ray.put((params, buffers, 0))
+        self._actors = [self._new_actor(worker_id) for worker_id in range(self.n_workers)]
+        self.worker_locations = [(None, 0)] * self.n_workers  # type: ignore[list-item]
+        for worker_id, where in enumerate([actor.where.remote() for actor in self._actors]):
+            self.worker_locations[worker_id] = self._wait_until_built(worker_id, where)
+        for worker_id in range(self.n_workers):
+            for _ in range(self._calls_per_worker):
+                self._submit(worker_id)
+
+    def _new_actor(self, worker_id: int) -> Any:
+        remote_class = self._ray.remote(RayWorker).options(**self._actor_options[worker_id])
+        return remote_class.remote(worker_id, self._spec_bytes, self._n_params, self._incarnations[worker_id], self.n_workers)
+
+    def _wait_until_built(self, worker_id: int, where: Any) -> tuple[str, int]:
+        ray = self._ray
+        waited = 0.0
+        while True:
+            try:
+                return ray.get(where, timeout=_PATIENCE_SECONDS)
+            except ray.exceptions.GetTimeoutError:
+                waited += _PATIENCE_SECONDS
+            except ray.exceptions.RayActorError as error:
+                raise WorkerError(worker_id, "raised an exception while it built its envs and policy", str(error)) from None
+            # Most often the cluster cannot place the actor (yet): say so rather than wait in silence.
+            resources = f"asks for {self._actor_options[worker_id]}; the cluster has {ray.available_resources()} free"
+            if waited >= _START_TIMEOUT_SECONDS:
+                raise TimeoutError(f"sb3_async Ray worker {worker_id} did not start within {waited:.0f} s: it {resources}")
+            if waited == _PATIENCE_SECONDS:
+                warnings.warn(
+                    f"sb3_async Ray worker {worker_id} has not started after {waited:.0f} s: it {resources}", stacklevel=2
+                )
+
+    def _submit(self, worker_id: int) -> None:
+        call = self._actors[worker_id].compute_gradient.remote(self._published, self._last_answer[worker_id])
+        self._pending[call] = worker_id
+
+    def next_report(self) -> GradientReport:
+        ray = self._ray
+        waiting_since = time.perf_counter()
+        while True:
+            ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=_WAIT_SECONDS)
+            if not ready:
+                continue
+            worker_id = self._pending.pop(ready[0])
+            node = self.worker_locations[worker_id][0]
+            try:
+                report, gradient, buffer_change = ray.get(ready[0])
+            except ray.exceptions.RayActorError as error:
+                self._restart_or_raise(worker_id, f"died unexpectedly ({_first_line(error)})")
+                continue
+            except ray.exceptions.RayTaskError as error:
+                # Its message is the worker's traceback (the class Ray raises wraps the worker's exception).
+                raise WorkerError(worker_id, "raised an exception", str(error), node=node) from None
+            break
+        self.idle_seconds += time.perf_counter() - waiting_since
+        self._payloads[worker_id] = (gradient, buffer_change)
+        report.staleness = self.version - report.params_version
+        # Arrays out of the object store are read-only; callbacks may write into the steps they see.
+        report.segment.steps = _writable(report.segment.steps)
+        return report
+
+    def gradient(self, report: GradientReport) -> th.Tensor:
+        return _writable_tensor(self._payloads[report.worker_id][0])
+
+    def buffer_change(self, report: GradientReport) -> th.Tensor:
+        return _writable_tensor(self._payloads[report.worker_id][1])
+
+    def publish(self, flat_params: th.Tensor, flat_buffers: th.Tensor | None = None) -> None:
+        self.version += 1
+        buffers = self._initial[1] if flat_buffers is None else flat_buffers.to("cpu", th.float64).numpy()
+        if flat_buffers is not None:
+            self._initial = (self._initial[0], buffers.copy())
+        self._published = self._ray.put((flat_params.detach().to("cpu").numpy(), buffers, self.version))
+
+    def release(
+        self, worker_id: int, normalization: NormalizationStatistics | None = None, progress_remaining: float = 1.0
+    ) -> None:
+        self._payloads.pop(worker_id, None)
+        self._last_answer[worker_id] = Go(normalization, progress_remaining)
+        self._submit(worker_id)
+
+    def _restart_or_raise(self, worker_id: int, reason: str) -> None:
+        node = self.worker_locations[worker_id][0]
+        if self.restarts >= self.max_worker_restarts:
+            raise WorkerError(worker_id, reason, node=node)
+        self.restarts += 1
+        # Its other calls in flight fail the same way: forget them.
+        for call in [call for call, owner in self._pending.items() if owner == worker_id]:
+            del self._pending[call]
+        self._ray.kill(self._actors[worker_id], no_restart=True)
+        self._incarnations[worker_id] += 1
+        self._actors[worker_id] = self._new_actor(worker_id)
+        self.worker_locations[worker_id] = self._wait_until_built(worker_id, self._actors[worker_id].where.remote())
+        for _ in range(self._calls_per_worker):
+            self._submit(worker_id)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        ray = self._ray
+        self._pending.clear()
+        self._payloads.clear()
+        try:
+            for actor in self._actors:
+                ray.kill(actor, no_restart=True)
+        finally:
+            self._actors.clear()
+            self._published = None
+            if self._started_ray:
+                ray.shutdown()
+
+
+def _writable_tensor(array: np.ndarray) -> th.Tensor:
+    # Arrays from the object store are read-only; torch wants to be able to write what it wraps.
+    return th.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def _writable(column: Any) -> Any:
+    if isinstance(column, dict):
+        return {key: _writable(value) for key, value in column.items()}
+    if isinstance(column, np.ndarray) and not column.flags.writeable:
+        return column.copy()
+    return column
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
