@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-learner bench-offpac bench-async-q results results-slow-envs clean
+.PHONY: demo test lint bench bench-learner bench-ray bench-offpac bench-async-q results results-slow-envs clean
 
 .venv-demo/.done: setup.py
 	$(PYTHON) -m venv .venv-demo
@@ -36,6 +36,10 @@ bench: .venv-test/.done
 # How many gradients per second the learner applies, and the worker count where learner mode saturates.
 bench-learner: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python learner_capacity.py --rounds 3 --seconds 3
+
+# docs/distributed.md: the Ray backend against the local one (start-up, env steps/s, PSS). Ray runs in a loopback-only namespace.
+bench-ray: .venv-test/.done
+	cd benchmarks && ../tools/loopback-only ../.venv-test/bin/python ray_vs_local.py --rounds 3
 
 bench-offpac: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python offpac_vs_a3c.py --seeds 5 --budget 300000 --behaviour-budget 100000

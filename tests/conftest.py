@@ -6,6 +6,7 @@ import sys
 import tempfile
 import time
 from multiprocessing import forkserver
+from pathlib import Path
 
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
@@ -88,16 +89,10 @@ class CountingCallback(BaseCallback):
 # Ray opens ports, rewrites 127.0.0.1 to the machine's address and probes cloud-metadata and DNS
 # hosts even with usage stats off. So a test marked `ray` runs only where the network is loopback
 # and nothing else: anywhere else, this plugin takes the Ray tests out of the run and, at the end,
-# runs them again in a fresh network namespace whose only interface is lo (`unshare -n`, which
-# needs root), with the settings that keep a local Ray on 127.0.0.1 and quiet. Where no namespace
-# can be made, they are skipped, and the reason is printed.
-RAY_ENVIRONMENT = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # else Ray replaces 127.0.0.1 with the machine's address
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
-    **{name: "http://127.0.0.1:9" for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
-    **{name: "127.0.0.1,localhost,::1" for name in ("no_proxy", "NO_PROXY")},
-}
+# runs them again through tools/loopback-only (a fresh network namespace whose only interface is
+# lo, which needs root, with the settings that keep a local Ray on 127.0.0.1 and quiet). Where no
+# namespace can be made, they are skipped, and the reason is printed.
+LOOPBACK_ONLY = Path(__file__).resolve().parent.parent / "tools" / "loopback-only"
 # Small, quiet, in a directory of its own that the fixture removes.
 RAY_TEST_INIT = dict(include_dashboard=False, object_store_memory=100 * 1024**2, num_cpus=4, log_to_driver=False)
 
@@ -112,8 +107,6 @@ def network_is_loopback_only() -> bool:
 def pytest_configure(config):
     config.addinivalue_line("markers", "ray: starts Ray; runs only in a loopback-only network namespace (see conftest.py)")
     if network_is_loopback_only():
-        for name, value in RAY_ENVIRONMENT.items():
-            os.environ.setdefault(name, value)
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))  # else Ray writes ~/.ray/auth_token
 
 
@@ -133,7 +126,7 @@ _RAY_NODE_IDS = pytest.StashKey[list]()
 def _namespace_problem() -> str | None:
     """Why no loopback-only namespace can be made here, or None."""
     try:
-        probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, text=True, timeout=30)
+        probe = subprocess.run([str(LOOPBACK_ONLY), "true"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as error:
         return str(error)
     return None if probe.returncode == 0 else (probe.stderr.strip() or f"exit code {probe.returncode}")
@@ -150,11 +143,9 @@ def pytest_sessionfinish(session, exitstatus):
         reporter.write_line(f"SKIPPED {len(node_ids)} Ray tests: cannot make a loopback-only network namespace ({problem})")
         return
     reporter.write_sep("=", f"{len(node_ids)} Ray tests, re-run in a loopback-only network namespace")
-    environment = {**os.environ, **RAY_ENVIRONMENT, "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     command = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "--durations=5", *node_ids]
     child = subprocess.run(
-        ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "loopback-only", *command],
-        env=environment,
+        [str(LOOPBACK_ONLY), *command],
         cwd=session.config.rootpath,
         capture_output=True,
         text=True,

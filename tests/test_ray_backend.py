@@ -14,6 +14,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 
 from sb3_async import A3C, AsyncQLearning, OffPolicyAC, WorkerError
+from sb3_async.common.collectors import ray_backend
 from tests.conftest import RecordingOutput
 from tests.envs import RaisingEnv
 from tests.test_learning import assert_solves_cartpole
@@ -112,3 +113,19 @@ def test_env_that_raises_on_an_actor_is_an_error_not_a_restart():
     assert "RuntimeError: the env broke on purpose" in str(error.value)
     assert "tests/envs.py" in error.value.worker_traceback
     assert model.worker_restarts == 0
+
+
+def test_large_parameters_go_through_the_object_store(monkeypatch):
+    # Small networks' parameters travel inside each call; with the threshold at 0, every update is a ray.put.
+    monkeypatch.setattr(ray_backend, "INLINE_BYTES", 0)
+    puts = []
+    real_put = ray_backend.RayCollector._publish
+
+    def counting_publish(self, params, buffers, version):
+        real_put(self, params, buffers, version)
+        puts.append(type(self._published).__name__)
+
+    monkeypatch.setattr(ray_backend.RayCollector, "_publish", counting_publish)
+    model = A3C("MlpPolicy", "CartPole-v1", **FAST).learn(1_000)
+    assert model._n_updates >= 1_000 // 10
+    assert set(puts) == {"ObjectRef"} and len(puts) == model._n_updates + 1  # the first, then one per update

@@ -369,7 +369,10 @@ class LocalCollector(GradientCollector):
         while len(ready) < self.n_workers:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sb3_async workers did not start within {_START_TIMEOUT_SECONDS:.0f} s")
-            message = self._receive_or_raise()
+            try:
+                message = self._receive_or_raise()
+            except WorkerDied as died:  # a worker that cannot start would not start again
+                raise WorkerError(died.worker_id, died.reason) from None
             assert isinstance(message, _Ready), f"unexpected message before start: {message}"
             ready.add(message.worker_id)
         for worker_id in range(self.n_workers):
