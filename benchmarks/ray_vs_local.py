@@ -24,7 +24,6 @@ import time
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_async import A3C
-from sb3_async.compare.measure import ProcessTreeMonitor, _pss_bytes
 
 LAYOUTS = [(2, 8), (2, 1)]
 # wait_for_own_update: True, the paper's (a worker's next segment includes its own last update), and False.
@@ -52,6 +51,8 @@ class Timing(BaseCallback):
         if not self.warm_at and self.num_timesteps >= self.total_timesteps // 5:
             self.warm_at, self.warm_steps = time.perf_counter(), self.num_timesteps
         if not self.worker_pss and self.num_timesteps >= self.total_timesteps // 2:
+            from sb3_async.compare.measure import _pss_bytes
+
             self.worker_pss = sum(_pss_bytes(pid) for pid in [os.getpid(), *self.collector.worker_pids])
         return True
 
@@ -61,6 +62,8 @@ def run(backend: str, wait: bool, n_workers: int, envs_per_worker: int, timestep
         "MlpPolicy", "CartPole-v1", n_workers=n_workers, envs_per_worker=envs_per_worker, seed=seed, device="cpu",
         backend=backend, wait_for_own_update=wait,
     )  # fmt: skip
+    from sb3_async.compare.measure import ProcessTreeMonitor
+
     timing = Timing(timesteps)
     with ProcessTreeMonitor() as tree:
         model.learn(timesteps, callback=timing)
@@ -78,8 +81,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timesteps", type=int, default=40_000, help="per learn() at 2 x 8; a quarter of it at 2 x 1")
     args = parser.parse_args()
-    # Imported here, not at the top: local workers import the main script at start, and Ray's import
-    # would add seconds to each local learn()'s start-up that a user's own script would not have.
+    # Imported here, not at the top (nor sb3_async.compare, which imports rl-zoo3): a local worker
+    # imports the main script as it starts, and these would add seconds to every local start-up.
     import ray
 
     started = time.perf_counter()
