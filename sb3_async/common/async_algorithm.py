@@ -335,6 +335,8 @@ class AsyncAlgorithmMixin:
         collector = self._make_collector(total_timesteps, params, flat_params, flat_gradient)
         flat_state = self._flat_optimizer_state
         restarts_before = getattr(self, "worker_restarts", 0)
+        # Hogwild: where the workers' buffers are, still readable after the collector closes.
+        shared_buffers = collector.shared_buffers if isinstance(collector, LocalCollector) else None
         with sigterm_raises_system_exit():
             try:
                 callback.on_training_start(locals(), globals())
@@ -370,8 +372,8 @@ class AsyncAlgorithmMixin:
                     # The learner's own copy again, of what the workers made.
                     flat_parameters_view(params)
                     if self._policy_buffers:
-                        assert isinstance(collector, LocalCollector)
-                        vector_to_buffers(collector.shared_buffers, self._policy_buffers)
+                        assert shared_buffers is not None
+                        vector_to_buffers(shared_buffers, self._policy_buffers)
                 if flat_state is not None:  # the optimizer state in SB3's form again
                     flat_state.copy_to(self.policy.optimizer, params)
                 self._flat_optimizer_state = self._learner_optimizer = None
