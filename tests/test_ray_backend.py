@@ -87,7 +87,7 @@ def test_sigkill_of_an_actor_without_restarts_is_reported_with_its_node():
     killer = KillAnActor(at_call=100)
     with pytest.raises(WorkerError, match=r"worker 0 \(node [0-9a-f]+\) died unexpectedly") as error:
         model.learn(1_000_000, callback=killer)
-    assert time.monotonic() - killer.killed_at < 5
+    assert time.monotonic() - killer.killed_at < 1  # Ray reports the actor dead within tens of milliseconds here
     assert error.value.node is not None
     assert wait_until_gone(sorted(killer.seen_pids)) == []  # the other actor is stopped too
 

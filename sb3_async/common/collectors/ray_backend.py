@@ -14,9 +14,10 @@ Ray and shuts it down at the end::
 Large parameters (over ``INLINE_BYTES``) go through the object store, one ``ray.put`` per update
 however many workers read them; small ones travel inside each call, as Ray inlines small
 arguments: a task that reads an object-store reference costs its actor one more round trip to the
-store, which for a small network is most of an update's cost (``benchmarks/ray_vs_local.py``
-measured 2 x 8 CartPole envs at 7,300 env steps/s with a ``ray.put`` per update and 9,700 inline,
-medians of 2). Gradients come back as numpy arrays, first ready first applied. With ``wait_for_own_update=False``
+store, which for a small network is most of an update's cost (2 x 8 CartPole envs ran at 7,300
+env steps/s with a ``ray.put`` per update and 9,700 inline, medians of 2; docs/distributed.md).
+
+Gradients come back as numpy arrays, first ready first applied. With ``wait_for_own_update=False``
 each actor has two calls queued, so it starts its next segment at once (with the parameters of one
 update earlier), as a local worker with its two slots. Hogwild needs memory shared by all workers
 and is local-only.
@@ -225,7 +226,7 @@ class RayCollector(GradientCollector):
             try:
                 report, gradient, buffer_change = ray.get(ready[0])
             except ray.exceptions.RayActorError as error:
-                self._restart_or_raise(worker_id, f"died unexpectedly ({_first_line(error)})")
+                self._restart_or_raise(worker_id, f"died unexpectedly (Ray: {_first_line(error)})")
                 continue
             except ray.exceptions.RayTaskError as error:
                 # Its message is the worker's traceback (the class Ray raises wraps the worker's exception).
