@@ -72,8 +72,8 @@ def test_sigkill_of_a_worker_with_a_restart_left_training_goes_on(make_model, no
     output = RecordingOutput()
     model.set_logger(Logger(folder=None, output_formats=[output]))
     killer = KillAWorker(at_call=50)
-    model.learn(3_000, callback=killer, log_interval=20)
-    assert model.num_timesteps >= 3_000
+    model.learn(2_000, callback=killer, log_interval=20)
+    assert model.num_timesteps >= 2_000
     assert model.worker_restarts == 1
     assert output.dumps[-1]["async/worker_restarts"] == 1
     assert killer.killed not in forkserver_children()
@@ -100,11 +100,13 @@ def test_a_worker_killed_holding_the_shared_lock_stalls_nobody(no_leaks):
         started = time.monotonic()
         collector.publish(params)
         assert time.monotonic() - started < 2
-        # Worker 1 goes on, and worker 0's replacement copies the parameters and reports.
+        # Worker 1 goes on, and worker 0's replacement copies the parameters and reports. (Reports the
+        # dead worker sent before it died may come first.)
         reported = set()
-        while reported != {0, 1}:
+        while not (1 in reported and 0 in reported and collector.restarts == 1):
             report = collector.next_report()
-            reported.add(report.worker_id)
+            if report.worker_id == 1 or collector.restarts == 1:
+                reported.add(report.worker_id)
             collector.release(report.worker_id)
         assert collector.restarts == 1
     finally:

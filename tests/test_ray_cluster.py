@@ -33,6 +33,8 @@ class WhereAreTheWorkers(BaseCallback):
         self.locations: set[tuple[str, int]] = set()
 
     def _on_step(self) -> bool:
+        if not self.locations:
+            self.first_locations = list(self.collector.worker_locations)
         self.locations.update(self.collector.worker_locations)
         return True
 
@@ -84,6 +86,50 @@ def test_workers_run_on_both_nodes_of_a_two_node_cluster(temp_dir, monkeypatch):
         assert model.num_timesteps >= 1_000
         assert {node for node, _ in where.locations} == {cluster.head_node.node_id, worker_node.node_id}
         assert ray.is_initialized()  # the user's connection stays
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+class RemoveNodeAt(BaseCallback):
+    """Takes the node away (its raylet and every process on it killed) at the ``at_call``-th step."""
+
+    def __init__(self, cluster, node, at_call: int):
+        super().__init__()
+        self.cluster, self.node, self.at_call = cluster, node, at_call
+
+    def _on_step(self) -> bool:
+        if self.n_calls == self.at_call:
+            self.cluster.remove_node(self.node, allow_graceful=False)
+        return True
+
+
+def test_a_worker_whose_node_dies_is_rebuilt_on_a_live_node(temp_dir, monkeypatch):
+    from ray.cluster_utils import Cluster
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
+    # Health checks every 0.2 s: a lost node is declared dead within about a second, not Ray's default tens of seconds.
+    health_checks = {"health_check_period_ms": 200, "health_check_failure_threshold": 5}
+    head_args = dict(num_cpus=2, object_store_memory=80 * 1024**2, include_dashboard=False, _system_config=health_checks)
+    cluster = Cluster(initialize_head=True, head_node_args=head_args)
+    try:
+        doomed = cluster.add_node(num_cpus=1, object_store_memory=80 * 1024**2)
+        ray.init(address=cluster.address, log_to_driver=False)
+        # Worker 1 prefers the node that will die; its replacement may go anywhere.
+        prefer_doomed = NodeAffinitySchedulingStrategy(node_id=doomed.node_id, soft=True)
+        options = [{"num_cpus": 1}, {"num_cpus": 1, "scheduling_strategy": prefer_doomed}]
+        where = WhereAreTheWorkers()
+        model = A3C(
+            "MlpPolicy", "CartPole-v1", n_workers=2, n_steps=5, seed=0, device="cpu",
+            backend="ray", ray_actor_options=options, max_worker_restarts=3,
+        )  # fmt: skip
+        model.learn(4_000, callback=[where, RemoveNodeAt(cluster, doomed, at_call=100)])
+        assert model.num_timesteps >= 4_000
+        # Once for the lost actor; again if its first replacement went to the node before Ray knew it dead.
+        assert 1 <= model.worker_restarts <= 3
+        assert (doomed.node_id, where.first_locations[1][1]) == where.first_locations[1]
+        assert where.collector.worker_locations[1][0] == cluster.head_node.node_id
     finally:
         ray.shutdown()
         cluster.shutdown()

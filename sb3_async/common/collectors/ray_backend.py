@@ -43,6 +43,7 @@ from sb3_async.common.collectors.base import (
     GradientReport,
     Go,
     WorkerCore,
+    WorkerDied,
     WorkerError,
     WorkerSpec,
     prepare_worker_process,
@@ -182,7 +183,10 @@ class RayCollector(GradientCollector):
         self._actors = [self._new_actor(worker_id) for worker_id in range(self.n_workers)]
         self.worker_locations = [(None, 0)] * self.n_workers  # type: ignore[list-item]
         for worker_id, where in enumerate([actor.where.remote() for actor in self._actors]):
-            self.worker_locations[worker_id] = self._wait_until_built(worker_id, where)
+            try:
+                self.worker_locations[worker_id] = self._wait_until_built(worker_id, where)
+            except WorkerDied as died:
+                raise WorkerError(worker_id, died.reason) from None
         for worker_id in range(self.n_workers):
             for _ in range(self._calls_per_worker):
                 self._submit(worker_id)
@@ -200,7 +204,12 @@ class RayCollector(GradientCollector):
             except ray.exceptions.GetTimeoutError:
                 waited += _PATIENCE_SECONDS
             except ray.exceptions.RayActorError as error:
-                raise WorkerError(worker_id, "raised an exception while it built its envs and policy", str(error)) from None
+                if error.actor_init_failed:
+                    raise WorkerError(
+                        worker_id, "raised an exception while it built its envs and policy", str(error)
+                    ) from None
+                # Killed, or its node died, before it was built (say, placed on a node Ray did not yet know was dying).
+                raise WorkerDied(worker_id, f"died before it was built (Ray: {_first_line(error)})") from None
             # Most often the cluster cannot place the actor (yet): say so rather than wait in silence.
             resources = f"asks for {self._actor_options[worker_id]}; the cluster has {ray.available_resources()} free"
             if waited >= _START_TIMEOUT_SECONDS:
@@ -264,17 +273,21 @@ class RayCollector(GradientCollector):
         self._submit(worker_id)
 
     def _restart_or_raise(self, worker_id: int, reason: str) -> None:
-        node = self.worker_locations[worker_id][0]
-        if self.restarts >= self.max_worker_restarts:
-            raise WorkerError(worker_id, reason, node=node)
-        self.restarts += 1
         # Its other calls in flight fail the same way: forget them.
         for call in [call for call, owner in self._pending.items() if owner == worker_id]:
             del self._pending[call]
-        self._ray.kill(self._actors[worker_id], no_restart=True)
-        self._incarnations[worker_id] += 1
-        self._actors[worker_id] = self._new_actor(worker_id)
-        self.worker_locations[worker_id] = self._wait_until_built(worker_id, self._actors[worker_id].where.remote())
+        while True:
+            if self.restarts >= self.max_worker_restarts:
+                raise WorkerError(worker_id, reason, node=self.worker_locations[worker_id][0])
+            self.restarts += 1
+            self._ray.kill(self._actors[worker_id], no_restart=True)
+            self._incarnations[worker_id] += 1
+            self._actors[worker_id] = self._new_actor(worker_id)
+            try:
+                self.worker_locations[worker_id] = self._wait_until_built(worker_id, self._actors[worker_id].where.remote())
+                break
+            except WorkerDied as died:  # the replacement died too: that is one more death
+                reason = died.reason
         for _ in range(self._calls_per_worker):
             self._submit(worker_id)
 
