@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-learner bench-ray bench-offpac bench-async-q results results-slow-envs clean
+.PHONY: demo test lint bench bench-learner bench-ray bench-offpac bench-async-q results results-slow-envs results-minatar clean
 
 .venv-demo/.done: setup.py
 	$(PYTHON) -m venv .venv-demo
@@ -62,6 +62,17 @@ results-slow-envs: .venv-test/.done
 	.venv-test/bin/python -m sb3_async.compare --env CartPole-v1 --env-latency exponential:0.001 --seeds 5 --timesteps 200000 \
 		--algos a3c:n_workers=8,n_envs=32 a3c:n_workers=8,n_envs=32,update_mode=hogwild a2c a2c:vec_env=subproc \
 		--out docs/results/slow_envs
+
+# docs/results.md, "MinAtar": A3C vs A3C-LSTM vs SB3 A2C with the same network, 2M steps (a run: 5-14 minutes
+# on 2 cores). MINATAR_SEEDS=3 and MINATAR_GAMES as below take about 4 hours.
+MINATAR_GAMES ?= Breakout SpaceInvaders Freeway
+MINATAR_SEEDS ?= 3
+results-minatar: .venv-test/.done
+	for game in $(MINATAR_GAMES); do \
+		.venv-test/bin/python -m sb3_async.compare --env MinAtar/$$game-v1 --algos a3c a3c_lstm a2c \
+			--conf-file a2c=benchmarks/configs/a2c_minatar.yml --seeds $(MINATAR_SEEDS) --timesteps 2000000 \
+			--out docs/results/MinAtar-$$game || exit 1; \
+	done
 
 clean:
 	rm -rf .venv-demo .venv-test

@@ -30,8 +30,8 @@ setup(
         "requests",  # rl-zoo3's enjoy imports it without declaring it
     ],
     extras_require={
-        # The envs of the zoo configs beyond classic control: LunarLander (Box2D) and Atari.
-        "envs": ["gymnasium[box2d]", "ale-py", "opencv-python-headless"],
+        # The envs of the zoo configs beyond classic control: LunarLander (Box2D), Atari and MinAtar (GPL-3.0).
+        "envs": ["gymnasium[box2d]", "ale-py", "opencv-python-headless", "minatar"],
         # backend="ray": workers as Ray actors, on one machine or a cluster (docs/distributed.md).
         "ray": ["ray>=2.9"],
         "tests": [
@@ -41,6 +41,7 @@ setup(
             "gymnasium[box2d]",
             "ale-py",
             "opencv-python-headless",
+            "minatar",
             "ray>=2.9",
         ],
         "docs": [],

@@ -45,3 +45,30 @@ class TupleActionEnv(gym.Env):
 
     def step(self, action):
         return self.observation_space.sample(), 0.0, False, False, {}
+
+
+class FixedLengthEnv(gym.Env):
+    """Random observations, episodes of exactly ``length`` steps: episode starts fall where a test wants them."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, length: int = 4):
+        self.length = length
+        self.t = 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation_space.sample(), float(action), self.t >= self.length, False, {}
+
+
+def cartpole_without_velocities() -> gym.Env:
+    """CartPole-v1 observing only the cart's position and the pole's angle (rl-zoo3's CartPoleNoVel-v1)."""
+    from rl_zoo3.wrappers import MaskVelocityWrapper
+
+    return MaskVelocityWrapper(gym.make("CartPole-v1"))

@@ -3,13 +3,23 @@
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from sb3_async.compare import plan_runs, validate
-from sb3_async.compare.harness import RunSpec, experiment_manager, parse_variant, run_one, with_latency_wrapper
+from sb3_async.common.torch_layers import MinAtarCNN
+from sb3_async.compare.harness import (
+    RunSpec,
+    experiment_manager,
+    parse_conf_files,
+    parse_variant,
+    run_one,
+    with_latency_wrapper,
+)
 from sb3_async.compare.__main__ import main
 from sb3_async.compare.measure import ProcessTreeMonitor, first_time_solved
 from sb3_async.compare.report import _algo_with_variant, plot_scaling, summary_table
@@ -196,5 +206,29 @@ def test_variants_set_hyperparameters_and_the_vec_env_of_a_run(tmp_path):
     model, _ = subproc.setup_experiment()
     try:
         assert isinstance(model.env, SubprocVecEnv) and model.env.num_envs == 8  # rl-zoo's a2c CartPole-v1 entry
+    finally:
+        model.env.close()
+
+
+def test_a_config_file_for_one_algo_and_one_for_the_others():
+    validate(["a2c"], "CartPole-v1", seeds=1, timesteps=10)  # registers sb3_async's algos with rl-zoo3
+    assert parse_conf_files(["a2c=x.yml", "y.yml"]) == {"a2c": "x.yml", "": "y.yml"}
+    runs = plan_runs(["a3c", "a2c", "ppo"], "CartPole-v1", seeds=1, timesteps=10, conf_files=parse_conf_files(["a2c=x.yml"]))
+    assert {run.algo: run.conf_file for run in runs} == {"a3c": None, "a2c": "x.yml", "ppo": None}
+    with pytest.raises(ValueError, match="unknown algo 'nope'"):
+        parse_conf_files(["nope=x.yml"])
+    with pytest.raises(ValueError, match="more than one file for 'a2c'"):
+        parse_conf_files(["a2c=x.yml", "a2c=y.yml"])
+
+
+def test_sb3_a2c_on_minatar_gets_the_same_network_as_a3c(tmp_path):
+    # benchmarks/configs/a2c_minatar.yml names MinAtarCNN in its policy_kwargs string.
+    validate(["a2c"], "MinAtar/Breakout-v1", seeds=1, timesteps=10)  # registers MinAtar's ids
+    config = Path(__file__).parents[1] / "benchmarks" / "configs" / "a2c_minatar.yml"
+    spec = plan_runs(["a2c"], "MinAtar/Breakout-v1", seeds=1, timesteps=10, conf_files={"a2c": str(config)})[0]
+    model, _ = experiment_manager(spec, str(tmp_path)).setup_experiment()
+    try:
+        assert isinstance(model.policy.features_extractor, MinAtarCNN)
+        assert (model.n_envs, model.n_steps, model.ent_coef) == (16, 5, 0.01)
     finally:
         model.env.close()

@@ -186,3 +186,27 @@ def test_hogwild_a3c_solves_cartpole(no_leaks):
     # and 457 for 250k steps: Hogwild's races make runs differ, so the budget is generous.
     assert_solves_cartpole(model, seed=0, budget=400_000)
     assert np.isfinite(flat(model.policy)).all()
+
+
+class SaveEvery(BaseCallback):
+    def __init__(self, folder, every: int):
+        super().__init__()
+        self.folder, self.every = folder, every
+        self.paths = []
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.every == 0:
+            self.paths.append(self.folder / f"checkpoint_{self.n_calls}.zip")
+            self.model.save(self.paths[-1])
+        return True
+
+
+def test_checkpoints_saved_while_hogwild_workers_write_the_parameters_always_load(tmp_path, no_leaks):
+    # The workers keep writing the shared parameters while a callback saves: save() must write a snapshot,
+    # or th.save can write bytes other than those its checksum covered (a corrupt file, seen in CI).
+    model = A3C("MlpPolicy", "CartPole-v1", update_mode="hogwild", policy_kwargs=dict(net_arch=[256, 256]), **FAST)
+    saver = SaveEvery(tmp_path, every=5)
+    model.learn(1_500, callback=saver)
+    assert len(saver.paths) >= 100
+    for path in saver.paths:
+        A3C.load(path, device="cpu")

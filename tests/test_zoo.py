@@ -16,7 +16,8 @@ from sb3_async.zoo import AsyncExperimentManager, main
 from sb3_async.zoo.experiment import default_config_path, split_envs
 from tests.conftest import forkserver_children
 
-ALGO_CLASSES = {"a3c": A3C, "offpac": OffPolicyAC, "async_q": AsyncQLearning, "async_sarsa": AsyncSARSA}
+ALGO_CLASSES = {"a3c": A3C, "a3c_lstm": A3C, "offpac": OffPolicyAC, "async_q": AsyncQLearning, "async_sarsa": AsyncSARSA}
+MINATAR_GAMES = {f"MinAtar/{game}-v1" for game in ("Breakout", "SpaceInvaders", "Freeway", "Asterix", "Seaquest")}
 # The env each config entry is built for: its own id, an Atari game for "atari", any other env for "default".
 ENTRY_ENV = {"atari": "PongNoFrameskip-v4", "default": "MountainCar-v0"}
 
@@ -34,10 +35,18 @@ def journal_study(path: Path, name: str) -> optuna.Study:
 
 def test_every_required_env_has_an_entry_in_every_config():
     discrete = {"CartPole-v1", "Acrobot-v1", "LunarLander-v3", "default", "atari"}
-    for algo in ALGO_CLASSES:
+    required = {
+        "a3c": discrete | {"Pendulum-v1", "MountainCarContinuous-v0"} | MINATAR_GAMES,
+        # The recurrent agent's entries: partially observed tasks and pixels.
+        "a3c_lstm": {"default", "atari", "CartPoleNoVel-v1"} | MINATAR_GAMES,
+        "offpac": discrete | {"Pendulum-v1", "MountainCarContinuous-v0"},
         # The Q-learning methods act in Discrete spaces only.
-        required = discrete if algo.startswith("async_") else discrete | {"Pendulum-v1", "MountainCarContinuous-v0"}
-        assert required <= set(yaml.safe_load(default_config_path(algo).read_text())), algo
+        "async_q": discrete,
+        "async_sarsa": discrete,
+    }
+    assert set(required) == set(ALGO_CLASSES)
+    for algo, entries in required.items():
+        assert entries <= set(yaml.safe_load(default_config_path(algo).read_text())), algo
 
 
 @pytest.mark.parametrize("algo, entry", config_entries())
@@ -62,6 +71,16 @@ def test_config_entry_loads_and_builds_its_model_and_worker_envs(algo, entry, tm
             worker_env.close()
     finally:
         model.env.close()
+
+
+def test_a3c_trains_on_pong_through_the_atari_entry_with_16_workers(tmp_path, no_leaks):
+    # The paper's setting as the zoo ships it: AtariWrapper, 4 stacked frames, CnnPolicy, 16 workers x 1 env.
+    logs = tmp_path / "logs"
+    main(["train", "--algo", "a3c", "--env", "PongNoFrameskip-v4", "-n", "10000", "-f", str(logs), "--eval-freq", "-1",
+          "--seed", "0"])  # fmt: skip
+    model = A3C.load(logs / "a3c" / "PongNoFrameskip-v4_1" / "PongNoFrameskip-v4.zip", device="cpu")
+    assert (model.n_workers, model.envs_per_worker) == (16, 1) and model.num_timesteps >= 10_000
+    assert model.observation_space.shape == (4, 84, 84)
 
 
 def test_backend_and_restarts_come_from_the_command_line_hyperparameters(tmp_path):

@@ -2,12 +2,17 @@ from typing import Any, ClassVar, TypeVar
 
 import torch as th
 from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import (
+    RecurrentActorCriticCnnPolicy,
+    RecurrentActorCriticPolicy,
+    RecurrentMultiInputActorCriticPolicy,
+)
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
-from sb3_async.a3c.worker import A3CWorker
+from sb3_async.a3c.worker import A3CWorker, RecurrentA3CWorker
 from sb3_async.common.async_algorithm import AsyncAlgorithmMixin, default_n_workers
 
 SelfA3C = TypeVar("SelfA3C", bound="A3C")
@@ -27,7 +32,10 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
 
     See ``docs/architecture.md`` for who sends what to whom, and ``docs/a3c.md`` for usage.
 
-    :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...)
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...; MlpLstmPolicy, CnnLstmPolicy or
+        MultiInputLstmPolicy for the paper's A3C-LSTM: each worker carries the LSTM states across segments and
+        backpropagates through each segment, and ``predict`` takes ``state`` and ``episode_start`` as
+        ``RecurrentPPO``'s does)
     :param env: The environment to learn from: an env id, a picklable callable that returns a gym.Env,
         or a VecEnv that the workers can rebuild (see ``sb3_async.common.envs``). The learner never
         steps it; each worker builds ``envs_per_worker`` envs like it.
@@ -88,6 +96,10 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
         "MlpPolicy": ActorCriticPolicy,
         "CnnPolicy": ActorCriticCnnPolicy,
         "MultiInputPolicy": MultiInputActorCriticPolicy,
+        # The paper's A3C-LSTM, with sb3-contrib's recurrent policies (those of RecurrentPPO).
+        "MlpLstmPolicy": RecurrentActorCriticPolicy,
+        "CnnLstmPolicy": RecurrentActorCriticCnnPolicy,
+        "MultiInputLstmPolicy": RecurrentMultiInputActorCriticPolicy,
     }
 
     def __init__(
@@ -177,7 +189,8 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
         return dict(use_sde=self.use_sde, **self.policy_kwargs)
 
     def _worker_logic(self) -> tuple[type, dict[str, Any]]:
-        return A3CWorker, dict(
+        recurrent = issubclass(self.policy_class, RecurrentActorCriticPolicy)
+        return RecurrentA3CWorker if recurrent else A3CWorker, dict(
             n_steps=self.n_steps,
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,

@@ -1,24 +1,28 @@
-"""What an A3C worker does between two parameter syncs: n_steps in its envs, then the A3C loss."""
+"""What an A3C worker does between two parameter syncs: n_steps in its envs, then the A3C loss (feed-forward or LSTM)."""
 
 from typing import Any
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from sb3_async.common.collectors import Segment, WorkerLogic
-from sb3_async.common.rollout import StepLog, actions_for_env, bootstrap_truncations
+from sb3_async.common.rollout import StepLog, actions_for_env, bootstrap_truncations, truncations
 
 
 def a3c_loss(
-    policy: ActorCriticPolicy,
-    batch: RolloutBufferSamples,
+    values: th.Tensor,
+    log_prob: th.Tensor,
+    entropy: th.Tensor | None,
+    returns: th.Tensor,
+    advantages: th.Tensor,
     ent_coef: float,
     vf_coef: float,
     normalize_advantage: bool,
@@ -28,26 +32,22 @@ def a3c_loss(
 
         L = -A(s, a) log pi(a|s)  +  vf_coef * (R - V(s))^2  -  ent_coef * H(pi(.|s))
 
-    with R the n-step (or TD(lambda)) return and A = R - V(s) the advantage, both held fixed.
+    with R the n-step (or TD(lambda)) return and A = R - V(s) the advantage, both held fixed;
+    ``values``, ``log_prob`` and ``entropy`` are the policy's ``evaluate_actions`` on the segment.
     """
-    actions = batch.actions
-    if isinstance(policy.action_space, spaces.Discrete):
-        actions = actions.long().flatten()
-    values, log_prob, entropy = policy.evaluate_actions(batch.observations, actions)
-    advantages = batch.advantages
     if normalize_advantage:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
     policy_loss = -(advantages * log_prob).mean()
-    value_loss = F.mse_loss(batch.returns, values.flatten())
+    value_loss = F.mse_loss(returns, values.flatten())
     # Without an analytical entropy (e.g. squashed Gaussian), -log pi(a|s) estimates it.
     entropy_loss = -th.mean(entropy) if entropy is not None else th.mean(log_prob)
     loss = policy_loss + vf_coef * value_loss + ent_coef * entropy_loss
+    return loss, {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy_loss": entropy_loss.item()}
 
-    stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy_loss": entropy_loss.item()}
-    if hasattr(policy, "log_std"):
-        stats["std"] = th.exp(policy.log_std).mean().item()
-    return loss, stats
+
+def _actions_for_loss(actions: th.Tensor, action_space: spaces.Space) -> th.Tensor:
+    return actions.long().flatten() if isinstance(action_space, spaces.Discrete) else actions
 
 
 class A3CWorker(WorkerLogic):
@@ -103,11 +103,22 @@ class A3CWorker(WorkerLogic):
         self._collect_segment()
         self.policy.set_training_mode(True)
         batch = next(self.rollout_buffer.get(batch_size=None))
-        loss, stats = a3c_loss(self.policy, batch, self.ent_coef, self.vf_coef, self.normalize_advantage)
+        values, log_prob, entropy = self.policy.evaluate_actions(
+            batch.observations,  # type: ignore[arg-type]
+            _actions_for_loss(batch.actions, self.env.action_space),
+        )
+        loss, stats = a3c_loss(
+            values, log_prob, entropy, batch.returns, batch.advantages, self.ent_coef, self.vf_coef, self.normalize_advantage
+        )
+        return loss, self._segment(stats)
+
+    def _segment(self, stats: dict[str, float]) -> Segment:
+        if hasattr(self.policy, "log_std"):
+            stats["std"] = th.exp(self.policy.log_std).mean().item()
         stats["explained_variance"] = float(
             explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         )
-        return loss, Segment(n_env_steps=self.n_steps * self.env.num_envs, steps=self.step_log.pop(), stats=stats)
+        return Segment(n_env_steps=self.n_steps * self.env.num_envs, steps=self.step_log.pop(), stats=stats)
 
     def _collect_segment(self) -> None:
         env, policy, buffer = self.env, self.policy, self.rollout_buffer
@@ -115,12 +126,13 @@ class A3CWorker(WorkerLogic):
         buffer.reset()
         if self.use_sde:
             policy.reset_noise(env.num_envs)
+        self._start_segment()
         for step in range(self.n_steps):
             if self.use_sde and self.sde_sample_freq > 0 and step % self.sde_sample_freq == 0:
                 policy.reset_noise(env.num_envs)
             with th.no_grad():
-                actions, values, log_probs = policy(obs_as_tensor(self._last_obs, "cpu"))  # type: ignore[arg-type]
-            actions = actions.numpy()
+                actions_tensor, values, log_probs = self._act(obs_as_tensor(self._last_obs, "cpu"))  # type: ignore[arg-type]
+            actions = actions_tensor.numpy()
             clipped_actions = actions_for_env(actions, env.action_space, policy)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
             self.step_log.add(
@@ -134,7 +146,7 @@ class A3CWorker(WorkerLogic):
                 dones=dones,
                 infos=infos,
             )
-            bootstrap_truncations(infos, dones, rewards, policy, self.gamma)
+            self._bootstrap_truncations(infos, dones, rewards)
 
             if isinstance(env.action_space, spaces.Discrete):
                 actions = actions.reshape(-1, 1)
@@ -143,5 +155,97 @@ class A3CWorker(WorkerLogic):
             self._last_episode_starts = dones
 
         with th.no_grad():
-            last_values = policy.predict_values(obs_as_tensor(new_obs, "cpu"))  # type: ignore[arg-type]
+            last_values = self._values(obs_as_tensor(new_obs, "cpu"), dones)  # type: ignore[arg-type]
         buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
+
+    # What a recurrent policy does differently, step by step (see RecurrentA3CWorker).
+    def _start_segment(self) -> None:
+        pass
+
+    def _act(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        return self.policy(obs)
+
+    def _bootstrap_truncations(self, infos: list[dict], dones: np.ndarray, rewards: np.ndarray) -> None:
+        bootstrap_truncations(infos, dones, rewards, self.policy, self.gamma)
+
+    def _values(self, obs: th.Tensor, dones: np.ndarray) -> th.Tensor:
+        return self.policy.predict_values(obs)
+
+
+class RecurrentA3CWorker(A3CWorker):
+    """
+    The paper's A3C-LSTM: :class:`A3CWorker` with one of sb3-contrib's recurrent policies (as
+    ``RecurrentPPO`` uses them). The worker carries each env's LSTM states from one segment into the
+    next, zeroes them where an episode starts, and backpropagates through the whole segment from the
+    states it began with: backpropagation through time truncated at ``n_steps`` (the paper's t_max).
+
+    A segment is the same length in every env, so the loss reads it as ``n_envs`` sequences of
+    ``n_steps`` steps: no padding, unlike ``RecurrentRolloutBuffer``, which must cut minibatches.
+    """
+
+    policy: RecurrentActorCriticPolicy
+
+    def __init__(self, env: VecEnv, policy: RecurrentActorCriticPolicy, worker_id: int, **kwargs: Any) -> None:
+        super().__init__(env, policy, worker_id, **kwargs)
+        n_layers, _, hidden_size = policy.lstm_hidden_state_shape
+
+        def zeros() -> th.Tensor:
+            return th.zeros(n_layers, env.num_envs, hidden_size)
+
+        # The states after the last step taken, and those the current segment's loss starts from.
+        self.lstm_states = RNNStates((zeros(), zeros()), (zeros(), zeros()))
+        self.segment_start_states = self.lstm_states
+
+    def compute_loss(self) -> tuple[th.Tensor, Segment]:
+        self._collect_segment()
+        self.policy.set_training_mode(True)
+        buffer = self.rollout_buffer
+        # (n_steps, n_envs, ...) -> (n_envs * n_steps, ...): each env's steps in order, as _process_sequence reads them.
+        flat = buffer.swap_and_flatten
+        observations = (
+            {key: flat(value) for key, value in buffer.observations.items()}
+            if isinstance(buffer.observations, dict)
+            else flat(buffer.observations)
+        )
+        values, log_prob, entropy = self.policy.evaluate_actions(
+            obs_as_tensor(observations, "cpu"),  # type: ignore[arg-type]
+            _actions_for_loss(th.as_tensor(flat(buffer.actions)), self.env.action_space),
+            self.segment_start_states,
+            th.as_tensor(flat(buffer.episode_starts)).flatten(),
+        )
+        loss, stats = a3c_loss(
+            values,
+            log_prob,
+            entropy,
+            th.as_tensor(flat(buffer.returns)).flatten(),
+            th.as_tensor(flat(buffer.advantages)).flatten(),
+            self.ent_coef,
+            self.vf_coef,
+            self.normalize_advantage,
+        )
+        return loss, self._segment(stats)
+
+    def _start_segment(self) -> None:
+        # Where an episode starts, the policy zeroes the state anyway; zeroed here, segment_start_states is what the loss uses.
+        keep = th.as_tensor(1.0 - self._last_episode_starts, dtype=th.float32).view(1, -1, 1)
+        states = self.lstm_states
+        self.lstm_states = self.segment_start_states = RNNStates(
+            (states.pi[0] * keep, states.pi[1] * keep), (states.vf[0] * keep, states.vf[1] * keep)
+        )
+
+    def _act(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32)
+        actions, values, log_probs, self.lstm_states = self.policy(obs, self.lstm_states, episode_starts)
+        return actions, values, log_probs
+
+    def _bootstrap_truncations(self, infos: list[dict], dones: np.ndarray, rewards: np.ndarray) -> None:
+        # A truncated episode's last observation is valued from the states that followed its last step.
+        for idx, terminal_observation in truncations(infos, dones):
+            terminal_obs = self.policy.obs_to_tensor(terminal_observation)[0]
+            terminal_states = tuple(state[:, idx : idx + 1].contiguous() for state in self.lstm_states.vf)
+            with th.no_grad():
+                terminal_value = self.policy.predict_values(terminal_obs, terminal_states, th.zeros(1))  # type: ignore[arg-type]
+            rewards[idx] += self.gamma * terminal_value[0].item()
+
+    def _values(self, obs: th.Tensor, dones: np.ndarray) -> th.Tensor:
+        return self.policy.predict_values(obs, self.lstm_states.vf, th.as_tensor(dones, dtype=th.float32))

@@ -1,5 +1,6 @@
 """The learner loop shared by the asynchronous algorithms (mixed into SB3's base algorithm classes)."""
 
+import copy
 import os
 import signal
 import sys
@@ -36,6 +37,7 @@ from sb3_async.common.collectors.base import check_restarts
 from sb3_async.common.collectors.ray_backend import RayCollector, check_actor_options, import_ray
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
 from sb3_async.common.flat_optimizer import FlatOptimizerState, can_flatten
+from sb3_async.common.torch_layers import small_image_policy_kwargs
 from sb3_async.common.hogwild import HogwildSettings, check_hogwild_optimizer
 
 UPDATE_MODES = ("learner", "hogwild")
@@ -207,6 +209,12 @@ class AsyncAlgorithmMixin:
         supported = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict)
         if self.env is not None and not isinstance(self.observation_space, supported):  # type: ignore[attr-defined]
             raise ValueError(f"{type(self).__name__} does not support observation space {self.observation_space}")  # type: ignore[attr-defined]
+        if self.env is not None:  # type: ignore[attr-defined]
+            # NatureCNN cannot read images under 36x36 (MinAtar's are 10x10): MinAtar's own network instead.
+            policy_kwargs = small_image_policy_kwargs(self.policy_class, self.observation_space, self.policy_kwargs)  # type: ignore[attr-defined]
+            if policy_kwargs is not self.policy_kwargs and self.verbose >= 1:  # type: ignore[attr-defined]
+                print(f"Using MinAtarCNN as features extractor: {self.observation_space} is too small for NatureCNN")  # type: ignore[attr-defined]
+            self.policy_kwargs = policy_kwargs
         if use_rms_prop and "optimizer_class" not in self.policy_kwargs:  # type: ignore[attr-defined]
             self.policy_kwargs["optimizer_class"] = th.optim.RMSprop  # type: ignore[attr-defined]
             self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)  # type: ignore[attr-defined]
@@ -290,9 +298,15 @@ class AsyncAlgorithmMixin:
 
     def get_parameters(self) -> dict[str, dict]:
         """SB3's ``get_parameters``; during ``learn()`` (a callback saving, say), with the optimizer state stepped then."""
-        if self._flat_optimizer_state is not None:
-            self._flat_optimizer_state.copy_to(self.policy.optimizer, list(self.policy.parameters()))  # type: ignore[attr-defined]
-        return super().get_parameters()  # type: ignore[misc]
+        if self._flat_optimizer_state is None:
+            return super().get_parameters()  # type: ignore[misc]
+        self._flat_optimizer_state.copy_to(self.policy.optimizer, list(self.policy.parameters()))  # type: ignore[attr-defined]
+        parameters = super().get_parameters()  # type: ignore[misc]
+        if self._update_mode() == "hogwild":
+            # The tensors are views of the shared parameters, which the workers go on writing: save a
+            # snapshot, or th.save may write other bytes than those its checksum covered (a corrupt file).
+            parameters = copy.deepcopy(parameters)
+        return parameters
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         if progress_bar:

@@ -371,6 +371,17 @@ class VecEnvRecipe:
 RECIPE_ATTRIBUTE = "worker_env_recipe"
 
 
+def portable_env_id(env_id: str | Callable[..., gym.Env]) -> str | Callable[..., gym.Env]:
+    """
+    An env id as something that makes the env in any process: ``gym.make`` of its registered spec.
+    Ids registered only in this process (by importing a package such as ``minatar.gym`` or
+    ``rl_zoo3.import_envs``; gymnasium 1.x loads no plugins by itself) then work in the workers too.
+    """
+    if isinstance(env_id, str) and env_id in gym.registry:
+        return functools.partial(gym.make, gym.spec(env_id))
+    return env_id
+
+
 def make_vec_env(
     env_id: str | Callable[..., gym.Env],
     n_envs: int = 1,
@@ -403,7 +414,7 @@ def make_vec_env(
         monitor_kwargs=monitor_kwargs,
         wrapper_kwargs=wrapper_kwargs,
     )
-    recipe = VecEnvRecipe(env_id, env_kwargs, wrapper_class, wrapper_kwargs, monitor_dir, monitor_kwargs)
+    recipe = VecEnvRecipe(portable_env_id(env_id), env_kwargs, wrapper_class, wrapper_kwargs, monitor_dir, monitor_kwargs)
     setattr(venv, RECIPE_ATTRIBUTE, recipe)
     return venv
 
@@ -435,7 +446,7 @@ class WorkerEnvFactory:
         if recorded is not None:
             recipe = recorded
         elif isinstance(user_env, str) or (callable(user_env) and not isinstance(user_env, (gym.Env, VecEnv))):
-            recipe = VecEnvRecipe(user_env)
+            recipe = VecEnvRecipe(portable_env_id(user_env))
         else:
             recipe = _recipe_for_env_objects(innermost)
         return cls(
@@ -494,3 +505,19 @@ def dumps_for_workers(obj: Any, what: str) -> bytes:
             f"{what} cannot be pickled to the worker processes ({type(error).__name__}: {error}). "
             "Use objects that can be pickled, e.g. a module-level function or functools.partial."
         ) from error
+
+
+def register_minatar_envs() -> bool:
+    """
+    Register MinAtar's gymnasium ids (``MinAtar/Breakout-v1``, ...) when the ``minatar`` package is
+    installed and they are not yet registered: MinAtar declares them as a gymnasium plugin, which
+    gymnasium 1.x no longer loads. The zoo and the compare harness call it. Returns whether they are registered.
+    """
+    if "MinAtar/Breakout-v1" in gym.registry:
+        return True
+    try:
+        from minatar.gym import register_envs
+    except ImportError:
+        return False
+    register_envs()
+    return True

@@ -4,6 +4,8 @@ python -m sb3_async.compare --env CartPole-v1 --algos a3c --scaling 1 2 --envs-p
     --out results/scaling
 python -m sb3_async.compare --env CartPole-v1 --algos a3c a3c:update_mode=hogwild a2c a2c:vec_env=subproc \
     --env-latency exponential:0.001 --seeds 5 --timesteps 300000 --out results/slow_envs
+python -m sb3_async.compare --env MinAtar/Breakout-v1 --algos a3c a3c_lstm a2c \
+    --conf-file a2c=benchmarks/configs/a2c_minatar.yml --seeds 3 --timesteps 2000000 --out results/minatar/Breakout
 """
 
 import argparse
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sb3_async.compare.harness import plan_runs, run_all, validate
+from sb3_async.compare.harness import parse_conf_files, plan_runs, run_all, validate
 from sb3_async.compare.report import write_report, write_report_from_csvs
 
 
@@ -33,7 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. seeds-1)")
     parser.add_argument("--timesteps", type=int, default=300_000)
     parser.add_argument("--out", type=Path, default=Path("results"))
-    parser.add_argument("--conf-file", default=None, help="an rl-zoo3 config file to use instead of each algo's default")
+    parser.add_argument(
+        "--conf-file",
+        nargs="+",
+        default=None,
+        metavar="[ALGO=]PATH",
+        help="rl-zoo3 config files to use instead of the algos' defaults: PATH for every algo, ALGO=PATH for one "
+        "(a2c=benchmarks/configs/a2c_minatar.yml)",
+    )
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument(
         "--threshold", type=float, default=None, help="score that counts as solved (default: the env spec's reward_threshold)"
@@ -63,11 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         validate(args.algos, args.env, args.seeds, args.timesteps, args.scaling, args.env_latency)
+        conf_files = parse_conf_files(args.conf_file)
     except ValueError as error:
         parser.error(str(error))
     runs = plan_runs(
         args.algos, args.env, args.seeds, args.timesteps, args.scaling,
-        threshold=args.threshold, window=args.window, eval_episodes=args.eval_episodes, conf_file=args.conf_file,
+        threshold=args.threshold, window=args.window, eval_episodes=args.eval_episodes, conf_files=conf_files,
         num_threads=args.num_threads, envs_per_worker=args.envs_per_worker, env_latency=args.env_latency,
     )  # fmt: skip
     results = run_all(runs)

@@ -147,6 +147,19 @@ def with_latency_wrapper(configured_wrappers: Any, env_latency: str) -> list[Any
     return [*wrappers, {"sb3_async.common.wrappers.RandomLatency": dict(mean_seconds=mean_seconds, distribution=distribution)}]
 
 
+def parse_conf_files(items: list[str] | None) -> dict[str, str]:
+    """``["a2c=a2c.yml", "mine.yml"]`` -> ``{"a2c": "a2c.yml", "": "mine.yml"}``: config files by algo ("": any other)."""
+    conf_files: dict[str, str] = {}
+    for item in items or []:
+        algo, equals, path = item.rpartition("=")
+        if algo in conf_files or (not equals and "" in conf_files):
+            raise ValueError(f"--conf-file: more than one file for {algo or 'every algo'!r}")
+        if algo and algo not in ALGOS:
+            raise ValueError(f"--conf-file {item!r}: unknown algo {algo!r}")
+        conf_files[algo] = path
+    return conf_files
+
+
 def plan_runs(
     algos: list[str],
     env_id: str,
@@ -154,9 +167,11 @@ def plan_runs(
     timesteps: int,
     scaling: list[int] | None = None,
     threshold: float | None = None,
+    conf_files: dict[str, str] | None = None,
     **spec_kwargs: Any,
 ) -> list[RunSpec]:
     """All runs, seed by seed, with the order of the variants rotating from one seed to the next."""
+    conf_files = conf_files or {}
     variants = [(algo, n) for algo in algos for n in (scaling or [None])]
     threshold = threshold_for(env_id) if threshold is None else threshold
     runs = []
@@ -164,7 +179,8 @@ def plan_runs(
         shift = seed % len(variants)
         for algo, n_workers in variants[shift:] + variants[:shift]:
             name, _, variant = algo.partition(":")
-            runs.append(RunSpec(name, env_id, seed, timesteps, threshold, n_workers=n_workers, variant=variant, **spec_kwargs))
+            per_run = dict(n_workers=n_workers, variant=variant, conf_file=conf_files.get(name, conf_files.get("")))
+            runs.append(RunSpec(name, env_id, seed, timesteps, threshold, **per_run, **spec_kwargs))
     return runs
 
 

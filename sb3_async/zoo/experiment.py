@@ -23,6 +23,7 @@ from typing import Any
 
 import gymnasium as gym
 import optuna
+import rl_zoo3.exp_manager
 from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
 from rl_zoo3.utils import ALGOS
@@ -31,18 +32,22 @@ from stable_baselines3.common.vec_env import VecEnv
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
 from sb3_async.common.async_algorithm import default_n_workers
 from sb3_async.common.collectors import WorkerError
-from sb3_async.common.envs import RECIPE_ATTRIBUTE, VecEnvRecipe
+from sb3_async.common.torch_layers import MinAtarCNN
+from sb3_async.common.envs import RECIPE_ATTRIBUTE, VecEnvRecipe, register_minatar_envs
 from sb3_async.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
 
-ASYNC_ALGOS = {"a3c": A3C, "offpac": OffPolicyAC, "async_q": AsyncQLearning, "async_sarsa": AsyncSARSA}
+# a3c_lstm is A3C with its own config file of recurrent entries, as rl-zoo3's ppo_lstm is RecurrentPPO.
+ASYNC_ALGOS = {"a3c": A3C, "a3c_lstm": A3C, "offpac": OffPolicyAC, "async_q": AsyncQLearning, "async_sarsa": AsyncSARSA}
 
 
 def register() -> None:
     """
-    Add ``a3c``, ``offpac``, ``async_q`` and ``async_sarsa`` to rl-zoo3's algorithm, sampler and
-    converter tables. rl-zoo3 has no plugin entry point; its scripts read these tables when they
-    build their parsers, so this must run before them (``sb3_async.zoo.main`` and :class:`AsyncExperimentManager` do it).
+    Add ``a3c``, ``a3c_lstm``, ``offpac``, ``async_q`` and ``async_sarsa`` to rl-zoo3's algorithm, sampler
+    and converter tables, and register MinAtar's env ids if it is installed. rl-zoo3 has no plugin entry
+    point; its scripts read these tables when they build their parsers, so this must run before them
+    (``sb3_async.zoo.main`` and :class:`AsyncExperimentManager` do it).
     """
+    register_minatar_envs()
     ALGOS.update(ASYNC_ALGOS)
     HYPERPARAMS_SAMPLER.update(SAMPLERS)
     HYPERPARAMS_CONVERTER.update(CONVERTERS)
@@ -83,6 +88,10 @@ class AsyncExperimentManager(ExperimentManager):
                 f"{self.algo} config: do not set envs_per_worker; set n_envs (the total number of envs) "
                 "and n_workers, and envs_per_worker = n_envs // n_workers follows"
             )
+        if isinstance(hyperparams.get("policy_kwargs"), str):
+            # As rl-zoo3 evaluates it, with sb3_async's features extractors as names too, for any algo's config.
+            namespace = {**vars(rl_zoo3.exp_manager), "MinAtarCNN": MinAtarCNN}
+            hyperparams = {**hyperparams, "policy_kwargs": eval(hyperparams["policy_kwargs"], namespace)}
         hyperparams, env_wrapper, callbacks, vec_env_wrapper = super()._preprocess_hyperparams(hyperparams)
         if self.is_async:
             hyperparams["n_workers"], hyperparams["envs_per_worker"] = split_envs(self.n_envs, hyperparams.get("n_workers"))

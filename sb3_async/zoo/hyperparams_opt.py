@@ -75,6 +75,23 @@ def sample_a3c_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
     return {**convert_a3c_params(params), "envs_per_worker": n_envs // params["n_workers"]}
 
 
+def convert_a3c_lstm_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Recurrent A3C keyword arguments from a trial's ``params``: A3C's, and the LSTM's size."""
+    hyperparams = dict(params)
+    lstm_hidden_size = hyperparams.pop("lstm_hidden_size")
+    hyperparams = convert_a3c_params(hyperparams)
+    hyperparams["policy_kwargs"] = {**hyperparams.get("policy_kwargs", {}), "lstm_hidden_size": lstm_hidden_size}
+    return hyperparams
+
+
+def sample_a3c_lstm_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """Sampler for recurrent A3C: A3C's parameters, and the LSTM's size."""
+    hyperparams = sample_a3c_params(trial, n_actions, n_envs, additional_args)
+    lstm_hidden_size = trial.suggest_categorical("lstm_hidden_size", [32, 64, 128, 256])
+    hyperparams["policy_kwargs"] = {**hyperparams.get("policy_kwargs", {}), "lstm_hidden_size": lstm_hidden_size}
+    return hyperparams
+
+
 def convert_offpac_params(params: dict[str, Any]) -> dict[str, Any]:
     """OffPolicyAC keyword arguments from a trial's ``params``."""
     hyperparams = _convert_common(params)
@@ -132,12 +149,14 @@ def sample_async_q_params(trial: optuna.Trial, n_actions: int, n_envs: int, addi
 
 SAMPLERS = {
     "a3c": sample_a3c_params,
+    "a3c_lstm": sample_a3c_lstm_params,
     "offpac": sample_offpac_params,
     "async_q": sample_async_q_params,
     "async_sarsa": sample_async_q_params,
 }
 CONVERTERS = {
     "a3c": convert_a3c_params,
+    "a3c_lstm": convert_a3c_lstm_params,
     "offpac": convert_offpac_params,
     "async_q": convert_async_q_params,
     "async_sarsa": convert_async_q_params,
