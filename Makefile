@@ -43,6 +43,7 @@ bench-ray: .venv-test/.done
 
 bench-offpac: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python offpac_vs_a3c.py --seeds 5 --budget 300000 --behaviour-budget 100000
+	cd benchmarks && ../.venv-test/bin/python continuous_control.py --seeds 5
 
 # docs/async_q.md: the paper's Table 2 in spirit (time to solve CartPole-v1 with 1 and 2 workers, vs SB3 DQN).
 bench-async-q: .venv-test/.done

@@ -37,7 +37,13 @@ def test_every_kind_of_behavior_policy_trains(behavior, cartpole_expert, no_leak
     model.learn(400, log_interval=5)
     assert model.num_timesteps >= 400
     logged = output.dumps[-1]
-    for key in ("offpac/rho_mean", "offpac/rho_clipped_fraction", "offpac/effective_sample_size", "train/value_loss"):
+    for key in (
+        "offpac/rho_mean",
+        "offpac/rho_clipped_fraction",
+        "offpac/effective_sample_size",
+        "offpac/behaviour_kl",
+        "train/value_loss",
+    ):
         assert key in logged, key
     # Fresh segments of 4 steps in 2 envs, plus one replayed batch per fresh segment once 8 steps are stored.
     fresh_updates = model.num_timesteps // 4
@@ -46,6 +52,7 @@ def test_every_kind_of_behavior_policy_trains(behavior, cartpole_expert, no_leak
         assert 0.5 < logged["offpac/rho_mean"] < 1.5  # pi = b up to policy lag
     else:
         assert 0.0 < logged["offpac/effective_sample_size"] <= 1.0
+    assert 0.0 <= logged["offpac/behaviour_kl"] < float("inf")  # its value is checked by hand in test_offpac_loss
 
 
 @pytest.mark.parametrize(
@@ -66,6 +73,20 @@ def test_spaces_and_policies(env, policy, behavior, no_leaks):
     obs = model.get_env().reset()
     actions, _ = model.predict(obs, deterministic=True)
     assert model.action_space.contains(actions[0])
+
+
+def test_gsde_acts_with_state_dependent_noise_and_records_its_log_probs(no_leaks):
+    model = OffPolicyAC("MlpPolicy", "Pendulum-v1", use_sde=True, sde_sample_freq=2, **FAST)
+    assert model.policy.use_sde and model.policy.log_std.shape[0] > 1  # gSDE's [latent, action] std matrix
+    output = RecordingOutput()
+    model.set_logger(Logger(folder=None, output_formats=[output]))
+    model.learn(400, log_interval=5)
+    logged = output.dumps[-1]
+    # b is pi's own gSDE distribution, so the recorded log b matches pi's log-probability up to policy lag.
+    assert 0.5 < logged["offpac/rho_mean"] < 1.5
+    assert "train/std" in logged
+    with pytest.raises(ValueError, match="gSDE"):
+        OffPolicyAC("MlpPolicy", "CartPole-v1", use_sde=True, device="cpu", n_workers=1)
 
 
 def test_no_replay_means_one_update_per_segment(no_leaks):
@@ -140,6 +161,7 @@ def _locked_behavior():
         (dict(buffer_size=10), "buffer_size=10 cannot hold one segment"),
         (dict(n_steps=0), "n_steps"),
         (dict(n_workers=0), "n_workers"),
+        (dict(trace_lambda=1.5), "trace_lambda"),
     ],
 )
 def test_bad_arguments_raise_before_any_process_starts(kwargs, message):

@@ -9,7 +9,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_async.offpac.behavior import EpsilonBehavior, UniformBehavior
-from sb3_async.offpac.loss import OffPolicySegment, off_policy_ac_loss, vtrace
+from sb3_async.offpac.loss import OffPolicySegment, behaviour_kl, off_policy_ac_loss, vtrace
 from sb3_async.offpac.worker import SegmentMemory
 
 INF = float("inf")
@@ -50,6 +50,26 @@ def test_vtrace_untruncated_on_a_hand_computed_segment():
     returns = vtrace(**THREE_STEPS, rho_bar=INF, c_bar=INF)
     assert returns.vs.flatten().tolist() == pytest.approx([2.8, 1.0, 6.9])
     assert returns.pg_advantages.flatten().tolist() == pytest.approx([2 * (1 + 0.9 * 1.0 - 1), -1.0, 1.5 * (2 + 0.9 * 4 - 3)])
+
+
+def test_trace_lambda_scales_the_traces_on_a_hand_computed_segment():
+    # c = 0.5 * min(1, pi/b) = 0.5, 0.25, 0.5; deltas as truncated at one: 1.8, -1.0, 2.6.
+    # corrections: 2.6; -1.0 (episode end); 1.8 + 0.9 * 0.5 * -1.0 = 1.35. Only v_0 looks through a trace.
+    returns = vtrace(**THREE_STEPS, rho_bar=1.0, c_bar=1.0, trace_lambda=0.5)
+    assert returns.vs.flatten().tolist() == pytest.approx([2.35, 1.0, 5.6])
+    assert returns.pg_advantages.flatten().tolist() == pytest.approx([0.9, -1.0, 2.6])  # uses v_{t+1}, unchanged here
+    one_step = vtrace(**THREE_STEPS, rho_bar=1.0, c_bar=1.0, trace_lambda=0.0)
+    assert one_step.vs.flatten().tolist() == pytest.approx([1.0 + 1.8, 1.0, 5.6])  # V + rho delta: TD(0)
+
+
+def test_behaviour_kl_on_a_hand_computed_pair():
+    # b = (0.5, 0.5), pi = (0.9, 0.1): KL(b || pi) = 0.5 ln(0.5 / 0.9) + 0.5 ln(0.5 / 0.1) = 0.51083.
+    # With each action drawn once (b's own frequencies) the k3 terms rho - 1 - ln rho sum to it exactly:
+    # (0.8 - ln 1.8) + (-0.8 - ln 0.2).
+    log_rhos = th.log(th.tensor([0.9 / 0.5, 0.1 / 0.5]))
+    assert behaviour_kl(log_rhos).item() == pytest.approx(0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1), rel=1e-6)
+    assert behaviour_kl(th.zeros(5)).item() == 0.0  # pi = b
+    assert behaviour_kl(th.tensor([0.3, -0.3])).item() > 0  # every term is >= 0, unlike a mean of -log rho
 
 
 def test_one_step_vtrace_is_the_off_pac_td_error():

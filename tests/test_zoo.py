@@ -13,7 +13,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
 from sb3_async.zoo import AsyncExperimentManager, main
-from sb3_async.zoo.experiment import default_config_path, split_envs
+from sb3_async.zoo.experiment import config_kwargs, default_config_path, split_envs
 from tests.conftest import forkserver_children
 
 ALGO_CLASSES = {"a3c": A3C, "a3c_lstm": A3C, "offpac": OffPolicyAC, "async_q": AsyncQLearning, "async_sarsa": AsyncSARSA}
@@ -169,6 +169,7 @@ def test_trial_id_reproduces_the_trial(tmp_path, no_leaks):
     assert model.lr_schedule(1.0) == pytest.approx(params["learning_rate"])  # rl-zoo3 makes it a constant schedule
     assert model.gamma == pytest.approx(1 - params["one_minus_gamma"])
     assert model.rho_bar == params["rho_bar"] and model.replay_ratio == params["replay_ratio"]
+    assert model.trace_lambda == params["trace_lambda"]
     assert model.buffer_size == 10 ** params["buffer_size_pow"]
     epsilon = params["behavior_epsilon"]
     if epsilon == 0:
@@ -203,3 +204,16 @@ def test_train_then_enjoy_reproduces_the_last_evaluation_with_normalize(tmp_path
 def test_unknown_script_says_which_exist():
     with pytest.raises(SystemExit, match="train,enjoy"):
         main(["fly"])
+
+
+def test_config_kwargs_are_what_the_zoo_gives_the_constructor():
+    # A3C's Pendulum entry: n_envs 8 over 2 workers, a lin_ learning rate, policy_kwargs as a string.
+    kwargs = config_kwargs("a3c", "Pendulum-v1")
+    assert (kwargs["n_workers"], kwargs["envs_per_worker"]) == (2, 4)
+    assert kwargs["learning_rate"](1.0) == pytest.approx(7e-4) and kwargs["learning_rate"](0.5) == pytest.approx(3.5e-4)
+    assert kwargs["policy_kwargs"] == dict(log_std_init=-2, ortho_init=False)
+    assert not {"n_envs", "n_timesteps", "policy", "normalize"} & set(kwargs)
+    model = A3C("MlpPolicy", "Pendulum-v1", device="cpu", **kwargs)  # every key is a constructor argument
+    assert model.use_sde and model.n_workers == 2
+    offpac = OffPolicyAC("MlpPolicy", "Pendulum-v1", device="cpu", **config_kwargs("offpac", "Pendulum-v1"))
+    assert offpac.use_sde and offpac.trace_lambda == 0.9 and offpac.buffer_size == 10_000

@@ -17,6 +17,10 @@ weights truncated at ``rho_bar`` (in the TD errors) and ``c_bar`` (in the trace)
 
 With ``n_steps=1`` and ``rho_bar = c_bar = inf``, ``v_{t+1}`` is just ``V(x_{t+1})`` and both lines
 are exactly the Off-PAC rule above (``tests/test_offpac_loss.py`` checks it by hand).
+
+``trace_lambda`` scales the traces, ``c_t = lambda min(c_bar, rho_t)``: IMPALA's lambda, and the
+form of Retrace's traces (Munos et al. 2016). ``lambda < 1`` shortens how far a target looks ahead
+through replayed behaviour, trading variance for bias towards the current V.
 """
 
 from dataclasses import dataclass
@@ -55,6 +59,7 @@ def vtrace(
     gamma: float,
     rho_bar: float,
     c_bar: float,
+    trace_lambda: float = 1.0,
 ) -> VTraceReturns:
     """
     V-trace targets and policy-gradient advantages. Tensors are ``[T, B]`` (``bootstrap_value``: ``[B]``).
@@ -62,7 +67,7 @@ def vtrace(
     """
     rhos = th.exp(target_log_probs - behavior_log_probs)
     clipped_rhos = rhos.clamp(max=rho_bar)
-    cs = rhos.clamp(max=c_bar)
+    cs = trace_lambda * rhos.clamp(max=c_bar)
     discounts = gamma * (1.0 - dones)
     next_values = th.cat([values[1:], bootstrap_value.unsqueeze(0)])
     deltas = clipped_rhos * (rewards + discounts * next_values - values)
@@ -79,6 +84,17 @@ def vtrace(
     return VTraceReturns(vs=vs, pg_advantages=pg_advantages, rhos=rhos)
 
 
+def behaviour_kl(log_rhos: th.Tensor) -> th.Tensor:
+    """
+    KL(b || pi) estimated from actions drawn by b, with ``log_rhos = log pi(a|s) - log b(a|s)``:
+    the mean of ``rho - 1 - log rho`` (Schulman's k3). Each term is >= 0, its mean is unbiased, and it is
+    0 only where pi = b; a plain mean of ``-log rho`` is unbiased too but has terms of both signs.
+    An action b takes that pi cannot (rho = 0) makes it infinite, which is what the KL is.
+    """
+    rhos = th.exp(log_rhos)
+    return (rhos - 1.0 - log_rhos).mean()
+
+
 def off_policy_ac_loss(
     policy: ActorCriticPolicy,
     segment: OffPolicySegment,
@@ -87,6 +103,7 @@ def off_policy_ac_loss(
     c_bar: float,
     ent_coef: float,
     vf_coef: float,
+    trace_lambda: float = 1.0,
 ) -> tuple[th.Tensor, dict[str, float]]:
     """
     The loss whose gradient is the V-trace actor-critic update, averaged over the segment::
@@ -119,6 +136,7 @@ def off_policy_ac_loss(
         gamma,
         rho_bar,
         c_bar,
+        trace_lambda,
     )
     policy_loss = -(returns.pg_advantages * log_probs).mean()
     value_loss = 0.5 * (returns.vs - values).pow(2).mean()
@@ -126,6 +144,7 @@ def off_policy_ac_loss(
     loss = policy_loss + vf_coef * value_loss + ent_coef * entropy_loss
 
     rhos = returns.rhos.flatten()
+    log_rhos = log_probs.detach().flatten() - segment.behavior_log_probs.flatten()
     stats = {
         "policy_loss": policy_loss.item(),
         "value_loss": value_loss.item(),
@@ -134,6 +153,7 @@ def off_policy_ac_loss(
         "offpac/rho_clipped_fraction": (rhos > rho_bar).float().mean().item(),
         # Kish's effective sample size, as a fraction of the segment: 1 when pi = b.
         "offpac/effective_sample_size": (rhos.sum().pow(2) / (rhos.pow(2).sum() * rhos.numel())).item(),
+        "offpac/behaviour_kl": behaviour_kl(log_rhos).item(),
     }
     if hasattr(policy, "log_std"):
         stats["std"] = th.exp(policy.log_std).mean().item()

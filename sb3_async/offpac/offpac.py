@@ -52,11 +52,18 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
     :param rho_bar: truncation of the importance weight in the TD errors and the policy gradient
         (``float("inf")``: none, the textbook Off-PAC rule; 1.0: IMPALA's)
     :param c_bar: truncation of the importance weights in the V-trace traces
+    :param trace_lambda: the traces' lambda, ``c_t = trace_lambda * min(c_bar, rho_t)`` (IMPALA's lambda,
+        Retrace's form of trace): 1 looks ahead to the segment's end, 0 makes every target one-step
     :param replay_ratio: replay gradients per fresh gradient (0: no replay memory). A fraction
         accumulates: 0.5 replays once every other fresh segment.
     :param ent_coef: Entropy coefficient for the loss calculation
     :param vf_coef: Value function coefficient for the loss calculation
     :param max_grad_norm: The maximum value for the gradient clipping (applied by whoever applies the gradient)
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE) instead of action noise
+        independent at each step (Box action spaces only). The behaviour's ``log b(a|s)`` is the density of
+        the gSDE distribution the action was drawn from, as the target's ``pi(a|s)`` is on replay
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
+        Default: -1 (only sample at the beginning of each fresh segment)
     :param use_rms_prop: Whether to use RMSprop (default) or Adam as optimizer
     :param rms_prop_eps: RMSProp epsilon. It stabilizes square root computation in denominator
         of RMSProp update
@@ -111,10 +118,13 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         behavior_policy: BehaviorSpec = "target",
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
+        trace_lambda: float = 1.0,
         replay_ratio: float = 1.0,
         ent_coef: float = 0.0,
         vf_coef: float = 0.5,
         max_grad_norm: float = 0.5,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
         use_rms_prop: bool = True,
         rms_prop_eps: float = 1e-5,
         n_workers: int | None = None,
@@ -145,6 +155,8 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         for name, value in (("rho_bar", rho_bar), ("c_bar", c_bar)):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0 (float('inf') for no truncation), got {value!r}")
+        if not 0.0 <= trace_lambda <= 1.0:
+            raise ValueError(f"trace_lambda must be in [0, 1], got {trace_lambda!r}")
         if not (replay_ratio >= 0 and math.isfinite(replay_ratio)):
             raise ValueError(f"replay_ratio must be a finite number >= 0, got {replay_ratio!r}")
         if replay_ratio > 0 and buffer_size < self.n_workers * self.envs_per_worker * n_steps:
@@ -173,13 +185,16 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
                 device=device,
                 support_multi_env=True,
                 seed=seed,
-                sde_support=False,
+                use_sde=use_sde,
+                sde_sample_freq=sde_sample_freq,
+                sde_support=True,
                 supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
             )
         except AssertionError as error:  # SB3 checks the action space with an assert
             raise ValueError(str(error)) from error
         self.rho_bar = rho_bar
         self.c_bar = c_bar
+        self.trace_lambda = trace_lambda
         self.replay_ratio = replay_ratio
         self.ent_coef = ent_coef
         self.vf_coef = vf_coef
@@ -226,13 +241,25 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
             gamma=self.gamma,
             rho_bar=self.rho_bar,
             c_bar=self.c_bar,
+            trace_lambda=self.trace_lambda,
             ent_coef=self.ent_coef,
             vf_coef=self.vf_coef,
             replay_ratio=self.replay_ratio,
             replay_capacity=per_worker_capacity,
             replay_starts=math.ceil(self.learning_starts / self.n_workers),
             replay_trajectories=max(1, self.batch_size // self.n_steps),
+            use_sde=self.use_sde,
+            sde_sample_freq=self.sde_sample_freq,
         )
+
+    def dump_logs(self) -> None:
+        # OffPolicyAlgorithm logs gSDE's std through SAC's ``self.actor``, which an actor-critic policy does not
+        # have; the workers' loss stats already carry ``train/std``, as A2C logs it.
+        use_sde, self.use_sde = self.use_sde, False
+        try:
+            super().dump_logs()
+        finally:
+            self.use_sde = use_sde
 
     def train(self, gradient_steps: int = 1, batch_size: int = 100) -> None:
         raise NotImplementedError("OffPolicyAC trains in learn(): the learner applies each worker's gradient as it arrives")

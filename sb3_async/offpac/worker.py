@@ -129,17 +129,24 @@ class OffPACWorker(WorkerLogic):
         gamma: float,
         rho_bar: float,
         c_bar: float,
+        trace_lambda: float,
         ent_coef: float,
         vf_coef: float,
         replay_ratio: float,
         replay_capacity: int,
         replay_starts: int,
         replay_trajectories: int,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
     ) -> None:
         super().__init__(env, policy, worker_id)
         self.behavior = behavior
         self.n_steps = n_steps
-        self.loss_kwargs = dict(gamma=gamma, rho_bar=rho_bar, c_bar=c_bar, ent_coef=ent_coef, vf_coef=vf_coef)
+        self.loss_kwargs = dict(
+            gamma=gamma, rho_bar=rho_bar, c_bar=c_bar, trace_lambda=trace_lambda, ent_coef=ent_coef, vf_coef=vf_coef
+        )
+        self.use_sde = use_sde
+        self.sde_sample_freq = sde_sample_freq
         self.gamma = gamma
         self.replay_ratio = replay_ratio
         self.replay_starts = replay_starts
@@ -173,7 +180,10 @@ class OffPACWorker(WorkerLogic):
         env, policy = self.env, self.policy
         policy.set_training_mode(False)
         observations, actions, rewards, dones, behavior_log_probs = [self._last_obs], [], [], [], []
-        for _ in range(self.n_steps):
+        for step in range(self.n_steps):
+            # gSDE, as SB3 samples it: a new noise matrix per segment, or every sde_sample_freq steps.
+            if self.use_sde and (step == 0 or (self.sde_sample_freq > 0 and step % self.sde_sample_freq == 0)):
+                policy.reset_noise(env.num_envs)
             step_actions, step_log_probs = self.behavior.act(self._last_obs, policy)
             env_actions = actions_for_env(step_actions, env.action_space, policy)
             new_obs, step_rewards, step_dones, infos = env.step(env_actions)

@@ -60,6 +60,40 @@ def default_config_path(algo: str) -> Path:
     return Path(zoo_configs.__path__[0]) / f"{algo}.yml"
 
 
+# Keys of a zoo config entry that describe the env or the run, not the model's constructor.
+RUN_SETTINGS = ("n_timesteps", "policy", "normalize", "env_wrapper", "vec_env_wrapper", "frame_stack", "callback")
+
+
+def config_entry(algo: str, env_id: str) -> dict[str, Any]:
+    """The raw entry for ``env_id`` in ``zoo_configs/<algo>.yml``."""
+    import yaml
+
+    return dict(yaml.safe_load(default_config_path(algo).read_text())[env_id])
+
+
+def config_kwargs(algo: str, env_id: str) -> dict[str, Any]:
+    """
+    The keyword arguments that the zoo's entry for ``env_id`` gives ``algo``'s constructor, for training
+    what ships without the zoo's command line (the learning tests and benchmarks do): ``policy_kwargs``
+    evaluated as rl-zoo3 does, ``lin_<x>`` learning rates as linear schedules, and ``n_envs`` split into
+    ``n_workers`` and ``envs_per_worker``. The run's settings (``RUN_SETTINGS``) are left out.
+    """
+    from rl_zoo3.utils import linear_schedule
+
+    kwargs = {key: value for key, value in config_entry(algo, env_id).items() if key not in RUN_SETTINGS}
+    if isinstance(kwargs.get("policy_kwargs"), str):
+        kwargs["policy_kwargs"] = evaluate_policy_kwargs(kwargs["policy_kwargs"])
+    if isinstance(kwargs.get("learning_rate"), str) and kwargs["learning_rate"].startswith("lin_"):
+        kwargs["learning_rate"] = linear_schedule(float(kwargs["learning_rate"][len("lin_") :]))
+    kwargs["n_workers"], kwargs["envs_per_worker"] = split_envs(kwargs.pop("n_envs", 1), kwargs.get("n_workers"))
+    return kwargs
+
+
+def evaluate_policy_kwargs(policy_kwargs: str) -> dict[str, Any]:
+    """A config's ``policy_kwargs`` string, evaluated as rl-zoo3 does, with sb3_async's features extractors as names too."""
+    return eval(policy_kwargs, {**vars(rl_zoo3.exp_manager), "MinAtarCNN": MinAtarCNN})
+
+
 def split_envs(n_envs: int, n_workers: int | None) -> tuple[int, int]:
     """``(n_workers, envs_per_worker)`` for ``n_envs`` envs in all; by default one worker per core."""
     if n_workers is None:
@@ -89,9 +123,7 @@ class AsyncExperimentManager(ExperimentManager):
                 "and n_workers, and envs_per_worker = n_envs // n_workers follows"
             )
         if isinstance(hyperparams.get("policy_kwargs"), str):
-            # As rl-zoo3 evaluates it, with sb3_async's features extractors as names too, for any algo's config.
-            namespace = {**vars(rl_zoo3.exp_manager), "MinAtarCNN": MinAtarCNN}
-            hyperparams = {**hyperparams, "policy_kwargs": eval(hyperparams["policy_kwargs"], namespace)}
+            hyperparams = {**hyperparams, "policy_kwargs": evaluate_policy_kwargs(hyperparams["policy_kwargs"])}
         hyperparams, env_wrapper, callbacks, vec_env_wrapper = super()._preprocess_hyperparams(hyperparams)
         if self.is_async:
             hyperparams["n_workers"], hyperparams["envs_per_worker"] = split_envs(self.n_envs, hyperparams.get("n_workers"))

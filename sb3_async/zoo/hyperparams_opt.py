@@ -103,10 +103,11 @@ def convert_offpac_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def sample_offpac_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
-    """Sampler for OffPolicyAC: the shared ones plus truncation, replay and behaviour exploration."""
+    """Sampler for OffPolicyAC: the shared ones plus truncation, trace lambda, replay and behaviour exploration."""
     params = _sample_common(trial, n_envs, [4, 8, 16, 32])
     params["rho_bar"] = trial.suggest_categorical("rho_bar", [0.5, 1.0, 2.0, 5.0])
     params["c_bar"] = trial.suggest_categorical("c_bar", [0.5, 1.0])
+    params["trace_lambda"] = trial.suggest_categorical("trace_lambda", [0.8, 0.9, 0.95, 1.0])
     params["replay_ratio"] = trial.suggest_categorical("replay_ratio", [0.0, 0.5, 1.0, 2.0, 4.0])
     params["buffer_size_pow"] = trial.suggest_int("buffer_size_pow", 4, 6)
     params["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256])
