@@ -75,7 +75,7 @@ def test_spaces_and_policies(env, policy, behavior, no_leaks):
     assert model.action_space.contains(actions[0])
 
 
-def test_gsde_acts_with_state_dependent_noise_and_records_its_log_probs(no_leaks):
+def test_gsde_acts_with_state_dependent_noise_and_records_its_log_probs(tmp_path, no_leaks):
     model = OffPolicyAC("MlpPolicy", "Pendulum-v1", use_sde=True, sde_sample_freq=2, **FAST)
     assert model.policy.use_sde and model.policy.log_std.shape[0] > 1  # gSDE's [latent, action] std matrix
     output = RecordingOutput()
@@ -85,6 +85,11 @@ def test_gsde_acts_with_state_dependent_noise_and_records_its_log_probs(no_leaks
     # b is pi's own gSDE distribution, so the recorded log b matches pi's log-probability up to policy lag.
     assert 0.5 < logged["offpac/rho_mean"] < 1.5
     assert "train/std" in logged
+    model.save(tmp_path / "sde.zip")
+    loaded = OffPolicyAC.load(tmp_path / "sde.zip", device="cpu")
+    obs = np.zeros((1, 3), dtype=np.float32)
+    assert loaded.policy.use_sde
+    assert np.allclose(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
     with pytest.raises(ValueError, match="gSDE"):
         OffPolicyAC("MlpPolicy", "CartPole-v1", use_sde=True, device="cpu", n_workers=1)
 
