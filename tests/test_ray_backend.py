@@ -71,10 +71,12 @@ def test_a3c_solves_cartpole_with_two_ray_actors():
     [
         lambda: OffPolicyAC("MlpPolicy", "CartPole-v1", learning_starts=20, batch_size=10, **FAST),
         lambda: AsyncQLearning("MlpPolicy", "CartPole-v1", train_freq=5, target_update_interval=100, **FAST),
+        # The recurrent worker keeps its LSTM states inside the actor, from one segment to the next.
+        lambda: A3C("MlpLstmPolicy", "CartPole-v1", **FAST),
     ],
-    ids=["offpac", "async_q"],
+    ids=["offpac", "async_q", "a3c_lstm"],
 )
-def test_offpac_and_async_q_train_on_ray(make_model):
+def test_the_other_algorithms_and_recurrent_a3c_train_on_ray(make_model):
     model = make_model()
     model.learn(2_000)
     assert model.num_timesteps >= 2_000

@@ -4,7 +4,7 @@ import pytest
 
 from sb3_async import A3C
 from sb3_async.common import wrappers
-from sb3_async.common.wrappers import RandomLatency
+from sb3_async.common.wrappers import ExploringStarts, RandomLatency
 
 
 @pytest.mark.parametrize("distribution", ["exponential", "uniform", "constant"])
@@ -41,3 +41,38 @@ def test_a3c_trains_on_a_slow_env_instance(no_leaks):
         assert isinstance(worker_env.envs[0].env, RandomLatency)  # the copy keeps the wrapper (under a fresh Monitor)
     finally:
         worker_env.close()
+
+
+def test_exploring_starts_start_episodes_across_the_box_and_they_go_on_from_there():
+    high = np.array([2.0, 1.5, 0.15, 1.5])
+    env = ExploringStarts(gym.make("CartPole-v1"), high=high)
+    starts = []
+    for episode in range(300):
+        obs, _ = env.reset(seed=episode if episode == 0 else None)
+        np.testing.assert_array_equal(obs, np.asarray(env.unwrapped.state, dtype=np.float32))
+        starts.append(obs)
+    starts_array = np.array(starts)
+    assert (np.abs(starts_array) <= high).all()
+    # Uniform on [-h, h] has standard deviation h / sqrt(3); CartPole's own starts have 0.029.
+    np.testing.assert_allclose(starts_array.std(axis=0), high / np.sqrt(3), rtol=0.2)
+    # The physics goes on from the drawn state: a cart starting at x moves on from x.
+    obs, _ = env.reset()
+    next_obs, *_ = env.step(0)
+    assert next_obs[0] == pytest.approx(obs[0] + 0.02 * obs[1], abs=1e-5)
+    # Seeding the env seeds the starts.
+    assert (env.reset(seed=7)[0] == env.reset(seed=7)[0]).all()
+
+
+def test_exploring_starts_observe_the_state_as_the_env_does():
+    env = ExploringStarts(gym.make("Pendulum-v1"), high=[np.pi, 1.0])
+    obs, _ = env.reset(seed=0)
+    theta, theta_dot = env.unwrapped.state
+    np.testing.assert_allclose(obs, [np.cos(theta), np.sin(theta), theta_dot], rtol=1e-6)
+    assert env.observation_space.contains(obs)
+
+
+def test_exploring_starts_refuse_bounds_that_do_not_fit():
+    with pytest.raises(ValueError, match="low <= high"):
+        ExploringStarts(gym.make("CartPole-v1"), high=[1.0, 1.0], low=[2.0, 0.0])
+    with pytest.raises(ValueError, match="has shape"):
+        ExploringStarts(gym.make("CartPole-v1"), high=[1.0, 1.0]).reset()
