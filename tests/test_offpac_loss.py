@@ -9,7 +9,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_async.offpac.behavior import EpsilonBehavior, UniformBehavior
-from sb3_async.offpac.loss import OffPolicySegment, behaviour_kl, off_policy_ac_loss, vtrace
+from sb3_async.offpac.loss import OffPolicySegment, behaviour_kl, effective_sample_size, off_policy_ac_loss, vtrace
 from sb3_async.offpac.worker import SegmentMemory
 
 INF = float("inf")
@@ -60,6 +60,17 @@ def test_trace_lambda_scales_the_traces_on_a_hand_computed_segment():
     assert returns.pg_advantages.flatten().tolist() == pytest.approx([0.9, -1.0, 2.6])  # uses v_{t+1}, unchanged here
     one_step = vtrace(**THREE_STEPS, rho_bar=1.0, c_bar=1.0, trace_lambda=0.0)
     assert one_step.vs.flatten().tolist() == pytest.approx([1.0 + 1.8, 1.0, 5.6])  # V + rho delta: TD(0)
+
+
+def test_effective_sample_size_from_equal_weights_to_none():
+    assert effective_sample_size(th.full((4,), 0.7)).item() == pytest.approx(1.0)  # pi = b up to scale
+    assert effective_sample_size(th.tensor([2.0, 0.0, 0.0, 0.0])).item() == pytest.approx(0.25)  # one weight carries all
+    assert effective_sample_size(th.tensor([1.0, 1.0, 0.0, 0.0])).item() == pytest.approx(0.5)
+    # pi(a|s) underflows to 0 on every action b took (seen on Pendulum: a narrow pi, uniform b): no weight
+    # at all, not 0/0. A NaN here turned every logged mean it fell into NaN.
+    rhos = th.exp(th.tensor([-200.0, -150.0, -300.0]))
+    assert (rhos == 0).all()
+    assert effective_sample_size(rhos).item() == 0.0
 
 
 def test_behaviour_kl_on_a_hand_computed_pair():

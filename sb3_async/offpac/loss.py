@@ -95,6 +95,19 @@ def behaviour_kl(log_rhos: th.Tensor) -> th.Tensor:
     return (rhos - 1.0 - log_rhos).mean()
 
 
+def effective_sample_size(rhos: th.Tensor) -> th.Tensor:
+    """
+    Kish's effective sample size of importance weights, as a fraction of their number:
+    ``(sum rho)^2 / (n sum rho^2)``. 1 when every weight is equal (pi = b), ``1/n`` when one weight
+    carries all, and 0 when none carries any (every rho is 0, e.g. a narrow Gaussian pi far from
+    uniform actions, where pi(a|s) underflows), where the formula alone would give 0/0.
+    """
+    sum_of_squares = rhos.pow(2).sum()
+    if sum_of_squares == 0:
+        return th.zeros(())
+    return rhos.sum().pow(2) / (sum_of_squares * rhos.numel())
+
+
 def off_policy_ac_loss(
     policy: ActorCriticPolicy,
     segment: OffPolicySegment,
@@ -151,8 +164,7 @@ def off_policy_ac_loss(
         "entropy_loss": entropy_loss.item(),
         "offpac/rho_mean": rhos.mean().item(),
         "offpac/rho_clipped_fraction": (rhos > rho_bar).float().mean().item(),
-        # Kish's effective sample size, as a fraction of the segment: 1 when pi = b.
-        "offpac/effective_sample_size": (rhos.sum().pow(2) / (rhos.pow(2).sum() * rhos.numel())).item(),
+        "offpac/effective_sample_size": effective_sample_size(rhos).item(),
         "offpac/behaviour_kl": behaviour_kl(log_rhos).item(),
     }
     if hasattr(policy, "log_std"):
