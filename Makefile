@@ -23,7 +23,7 @@ demo: .venv-demo/.done
 	.venv-demo/bin/python -m sb3_async.demo
 
 test: .venv-test/.done
-	.venv-test/bin/python -m pytest -q --durations=10
+	.venv-test/bin/python -m pytest -q --durations=25
 
 # ruff with SB3's rule set (ruff.toml): the checks, then the formatting.
 lint: .venv-test/.done
@@ -65,14 +65,15 @@ results-slow-envs: .venv-test/.done
 		--out docs/results/slow_envs
 
 # docs/results.md, "MinAtar": A3C vs A3C-LSTM vs SB3 A2C with the same network, 2M steps (a run: 5-14 minutes
-# on 2 cores). MINATAR_SEEDS=3 and MINATAR_GAMES as below take about 4 hours.
+# on 2 cores). MINATAR_SEEDS=3 and MINATAR_GAMES as below take about 4 hours; --resume trains only the runs
+# docs/results/MinAtar-<game> does not hold yet, so an interrupted target picks up where it stopped.
 MINATAR_GAMES ?= Breakout SpaceInvaders Freeway
 MINATAR_SEEDS ?= 3
 results-minatar: .venv-test/.done
 	for game in $(MINATAR_GAMES); do \
 		.venv-test/bin/python -m sb3_async.compare --env MinAtar/$$game-v1 --algos a3c a3c_lstm a2c \
 			--conf-file a2c=benchmarks/configs/a2c_minatar.yml --seeds $(MINATAR_SEEDS) --timesteps 2000000 \
-			--out docs/results/MinAtar-$$game || exit 1; \
+			--out docs/results/MinAtar-$$game --resume || exit 1; \
 	done
 
 clean:

@@ -1,5 +1,6 @@
 """sb3_async.compare: the harness end to end on a tiny budget, and its refusals."""
 
+import shutil
 import subprocess
 import sys
 
@@ -172,6 +173,31 @@ def test_report_only_redraws_the_same_table_from_the_csvs(tiny_comparison):
     main(["--env", "CartPole-v1", "--out", str(tiny_comparison), "--report-only"])
     assert results.read_text() == before  # same command line, same table (the bootstrap is seeded)
     assert (tiny_comparison / "curves_steps.png").exists()
+
+
+def test_resume_trains_only_the_runs_the_folder_does_not_hold(tiny_comparison, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    shutil.copytree(tiny_comparison, out)
+    before = pd.read_csv(out / "runs.csv")
+    first_command = (out / "command.txt").read_text().strip()
+    common = ["--env", "CartPole-v1", "--timesteps", "4000", "--eval-episodes", "2", "--threshold", "15", "--window", "5"]
+    main([*common, "--algos", "a3c", "a2c", "--seeds", "2", "--out", str(out), "--resume"])
+    assert "already holds every planned run" in capsys.readouterr().out
+    assert pd.read_csv(out / "runs.csv").equals(before)
+
+    main([*common, "--algos", "a2c", "--seeds", "3", "--out", str(out), "--resume"])  # trains a2c seed 2 only
+    runs, curves = pd.read_csv(out / "runs.csv"), pd.read_csv(out / "curves.csv")
+    assert runs.iloc[:4].equals(before)
+    assert list(zip(runs["algo"].iloc[4:], runs["seed"].iloc[4:], strict=True)) == [("a2c", 2)]
+    assert set(curves["seed"]) == {0, 1, 2}
+    commands = (out / "command.txt").read_text().splitlines()
+    assert commands[0] == first_command and "--seeds 3" in commands[1] and len(commands) == 2
+    assert all(f"`{command}`" in (out / "results.md").read_text() for command in commands)
+
+    with pytest.raises(SystemExit):  # rows trained for another number of steps would not be comparable
+        main([*common[:2], "--timesteps", "5000", "--algos", "a2c", "--seeds", "4", "--out", str(out), "--resume"])
+    assert "timesteps [4000]" in capsys.readouterr().err
+    assert len(pd.read_csv(out / "runs.csv")) == 5
 
 
 def test_env_latency_wraps_every_env_after_the_configured_wrappers():

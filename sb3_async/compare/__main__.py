@@ -5,7 +5,10 @@ python -m sb3_async.compare --env CartPole-v1 --algos a3c --scaling 1 2 --envs-p
 python -m sb3_async.compare --env CartPole-v1 --algos a3c a3c:update_mode=hogwild a2c a2c:vec_env=subproc \
     --env-latency exponential:0.001 --seeds 5 --timesteps 300000 --out results/slow_envs
 python -m sb3_async.compare --env MinAtar/Breakout-v1 --algos a3c a3c_lstm a2c \
-    --conf-file a2c=benchmarks/configs/a2c_minatar.yml --seeds 3 --timesteps 2000000 --out results/minatar/Breakout
+    --conf-file a2c=benchmarks/configs/a2c_minatar.yml --seeds 3 --timesteps 2000000 --out results/minatar/Breakout --resume
+
+The files in --out are rewritten after every run, so an interrupted comparison keeps its finished
+runs; --resume then trains only the runs (algo variant and seed) that --out does not hold yet.
 """
 
 import argparse
@@ -13,10 +16,8 @@ import shlex
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from sb3_async.compare.harness import parse_conf_files, plan_runs, run_all, validate
-from sb3_async.compare.report import write_report, write_report_from_csvs
+from sb3_async.compare.harness import RunResult, parse_conf_files, plan_runs, run_all, runs_still_to_do, validate
+from sb3_async.compare.report import read_comparison, write_report, write_report_from_csvs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,27 +62,49 @@ def main(argv: list[str] | None = None) -> None:
         "e.g. exponential:0.001",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs --out already holds and train only the missing ones (same env and --timesteps); "
+        "without it, the files in --out are replaced",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="redraw results.md and the plots from --out's CSVs, without training"
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     command = "python -m sb3_async.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.report_only:
-        runs, curves = pd.read_csv(args.out / "runs.csv"), pd.read_csv(args.out / "curves.csv")
-        # The command that trained these runs, not this one.
-        print(write_report_from_csvs(runs, curves, args.out, (args.out / "command.txt").read_text().strip()))
+        runs, curves, commands = read_comparison(args.out)
+        # The commands that trained these runs, not this one.
+        print(write_report_from_csvs(runs, curves, args.out, commands))
         return
+    earlier, commands = None, [command]
     try:
         validate(args.algos, args.env, args.seeds, args.timesteps, args.scaling, args.env_latency)
         conf_files = parse_conf_files(args.conf_file)
+        planned = plan_runs(
+            args.algos, args.env, args.seeds, args.timesteps, args.scaling,
+            threshold=args.threshold, window=args.window, eval_episodes=args.eval_episodes, conf_files=conf_files,
+            num_threads=args.num_threads, envs_per_worker=args.envs_per_worker, env_latency=args.env_latency,
+        )  # fmt: skip
+        if args.resume and (args.out / "runs.csv").exists():
+            runs, curves, earlier_commands = read_comparison(args.out)
+            planned = runs_still_to_do(planned, runs)
+            earlier = (runs, curves)
+            commands = earlier_commands if command in earlier_commands else [*earlier_commands, command]
     except ValueError as error:
         parser.error(str(error))
-    runs = plan_runs(
-        args.algos, args.env, args.seeds, args.timesteps, args.scaling,
-        threshold=args.threshold, window=args.window, eval_episodes=args.eval_episodes, conf_files=conf_files,
-        num_threads=args.num_threads, envs_per_worker=args.envs_per_worker, env_latency=args.env_latency,
-    )  # fmt: skip
-    results = run_all(runs)
-    print(write_report(results, args.out, command))
+    if not planned:
+        print(f"{args.out} already holds every planned run.")
+        return
+    results: list[RunResult] = []
+    tables: list[str] = []
+
+    def write_files(result: RunResult) -> None:
+        results.append(result)
+        tables.append(write_report(results, args.out, commands, earlier))
+
+    run_all(planned, on_result=write_files)
+    print(tables[-1])
     print(f"\nWrote {args.out}/runs.csv, curves.csv, results.md and plots.")
 
 

@@ -10,12 +10,14 @@ import ast
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from typing import Any
 
 import gymnasium as gym
+import pandas as pd
 import torch as th
 from rl_zoo3.utils import ALGOS
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -243,8 +245,14 @@ def run_one(spec: RunSpec) -> RunResult:
     )
 
 
-def run_all(runs: list[RunSpec], progress: bool = True) -> list[RunResult]:
-    """Each run in a fresh spawned process, one at a time, under one progress bar over all runs."""
+def run_all(
+    runs: list[RunSpec], progress: bool = True, on_result: Callable[[RunResult], None] | None = None
+) -> list[RunResult]:
+    """
+    Each run in a fresh spawned process, one at a time, under one progress bar over all runs.
+    ``on_result`` is called with each result as it comes (the CLI writes the files then, so that
+    an interrupted comparison keeps every finished run).
+    """
     results = []
     with tqdm(total=len(runs), disable=not progress, unit="run") as bar:
         for spec in runs:
@@ -252,5 +260,23 @@ def run_all(runs: list[RunSpec], progress: bool = True) -> list[RunResult]:
             # A fresh process per run: no state, thread pool or forkserver carries over to the next run.
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
                 results.append(pool.submit(run_one, spec).result())
+            if on_result is not None:
+                on_result(results[-1])
             bar.update()
     return results
+
+
+def runs_still_to_do(planned: list[RunSpec], done: pd.DataFrame) -> list[RunSpec]:
+    """
+    The planned runs that ``done`` (an earlier runs.csv) does not hold, matched by label and seed.
+    A ValueError if the earlier runs were trained on another env or for another number of steps:
+    their rows would not be comparable with the new ones.
+    """
+    if not planned or done.empty:
+        return planned
+    for column in ("env_id", "timesteps"):
+        theirs, ours = set(done[column]), {getattr(spec, column) for spec in planned}
+        if theirs != ours:
+            raise ValueError(f"--resume: the runs already there have {column} {sorted(theirs)}, these {sorted(ours)}")
+    finished = set(zip(done["label"], done["seed"], strict=True))
+    return [spec for spec in planned if (spec.label, spec.seed) not in finished]

@@ -27,7 +27,8 @@ CURVE_POINTS = 60
 CURVE_SMOOTHING = 20  # episodes in the rolling mean of a learning curve
 
 
-def write_csvs(results: list[RunResult], out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def result_frames(results: list[RunResult]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of runs.csv and of curves.csv for ``results``."""
     runs = pd.DataFrame([result.row() for result in results])
     curves = pd.DataFrame(
         [
@@ -44,9 +45,13 @@ def write_csvs(results: list[RunResult], out: Path) -> tuple[pd.DataFrame, pd.Da
         ],
         columns=["label", "algo", "seed", "step", "seconds", "episode_reward"],
     )
-    runs.to_csv(out / "runs.csv", index=False)
-    curves.to_csv(out / "curves.csv", index=False)
     return runs, curves
+
+
+def read_comparison(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """runs.csv, curves.csv and the commands that trained them (command.txt, one per line) of ``out``."""
+    commands = (out / "command.txt").read_text().splitlines() if (out / "command.txt").exists() else []
+    return pd.read_csv(out / "runs.csv"), pd.read_csv(out / "curves.csv"), [line for line in commands if line.strip()]
 
 
 def iqm_with_ci(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,14 +168,28 @@ def plot_scaling(runs: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_report(results: list[RunResult], out: Path, command: str) -> str:
+def write_report(
+    results: list[RunResult],
+    out: Path,
+    commands: list[str],
+    earlier: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+) -> str:
+    """
+    Write runs.csv, curves.csv, command.txt, results.md and the plots for ``results``, after
+    ``earlier``'s runs and curves when a comparison is resumed. Returns the summary table.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    runs, curves = write_csvs(results, out)
-    (out / "command.txt").write_text(command + "\n")
-    return write_report_from_csvs(runs, curves, out, command)
+    runs, curves = result_frames(results)
+    if earlier is not None:
+        runs = pd.concat([earlier[0], runs], ignore_index=True)
+        curves = pd.concat([earlier[1], curves], ignore_index=True)
+    runs.to_csv(out / "runs.csv", index=False)
+    curves.to_csv(out / "curves.csv", index=False)
+    (out / "command.txt").write_text("".join(command + "\n" for command in commands))
+    return write_report_from_csvs(runs, curves, out, commands)
 
 
-def write_report_from_csvs(runs: pd.DataFrame, curves: pd.DataFrame, out: Path, command: str) -> str:
+def write_report_from_csvs(runs: pd.DataFrame, curves: pd.DataFrame, out: Path, commands: list[str]) -> str:
     """results.md and the plots from the two CSVs (``--report-only`` redraws them without training)."""
     spec = runs.iloc[0]
     title = f"{spec.env_id}, {spec.timesteps:,} steps"
@@ -182,8 +201,9 @@ def write_report_from_csvs(runs: pd.DataFrame, curves: pd.DataFrame, out: Path, 
         figures.append("scaling.png")
     table = summary_table(runs)
     text = (
-        f"# {title}\n\n`{command}`\n\n"
-        f"Threshold {spec.threshold:g}: the first time the mean of the last {spec.window} training episodes reaches it. "
+        f"# {title}\n\n"
+        + "".join(f"`{command}`\n\n" for command in commands)
+        + f"Threshold {spec.threshold:g}: the first time the mean of the last {spec.window} training episodes reaches it. "
         f"Final score: deterministic policy over {spec.eval_episodes} evaluation episodes after training.\n\n"
         f"{table}\n\n" + "".join(f"![{name}]({name})\n" for name in figures)
     )
