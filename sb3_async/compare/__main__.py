@@ -7,8 +7,8 @@ python -m sb3_async.compare --env CartPole-v1 --algos a3c a3c:update_mode=hogwil
 python -m sb3_async.compare --env MinAtar/Breakout-v1 --algos a3c a3c_lstm a2c \
     --conf-file a2c=benchmarks/configs/a2c_minatar.yml --seeds 3 --timesteps 2000000 --out results/minatar/Breakout --resume
 
-The files in --out are rewritten after every run, so an interrupted comparison keeps its finished
-runs; --resume then trains only the runs (algo variant and seed) that --out does not hold yet.
+runs.csv and curves.csv in --out are rewritten after every run, so an interrupted comparison keeps its
+finished runs; --resume then trains only the runs (algo variant and seed) that --out does not hold yet.
 """
 
 import argparse
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from sb3_async.compare.harness import RunResult, parse_conf_files, plan_runs, run_all, runs_still_to_do, validate
-from sb3_async.compare.report import read_comparison, write_report, write_report_from_csvs
+from sb3_async.compare.report import read_comparison, write_csvs, write_report, write_report_from_csvs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,14 +97,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.out} already holds every planned run.")
         return
     results: list[RunResult] = []
-    tables: list[str] = []
 
-    def write_files(result: RunResult) -> None:
+    def keep(result: RunResult) -> None:
+        # The CSVs after every run, so that an interrupted comparison keeps its finished runs
+        # (--report-only draws the table and plots from them); the report once, at the end.
         results.append(result)
-        tables.append(write_report(results, args.out, commands, earlier))
+        write_csvs(results, args.out, commands, earlier)
 
-    run_all(planned, on_result=write_files)
-    print(tables[-1])
+    run_all(planned, on_result=keep)
+    print(write_report(results, args.out, commands, earlier))
     print(f"\nWrote {args.out}/runs.csv, curves.csv, results.md and plots.")
 
 

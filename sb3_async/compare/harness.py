@@ -250,7 +250,7 @@ def run_all(
 ) -> list[RunResult]:
     """
     Each run in a fresh spawned process, one at a time, under one progress bar over all runs.
-    ``on_result`` is called with each result as it comes (the CLI writes the files then, so that
+    ``on_result`` is called with each result as it comes (the CLI writes the CSVs then, so that
     an interrupted comparison keeps every finished run).
     """
     results = []

@@ -51,7 +51,9 @@ def result_frames(results: list[RunResult]) -> tuple[pd.DataFrame, pd.DataFrame]
 def read_comparison(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """runs.csv, curves.csv and the commands that trained them (command.txt, one per line) of ``out``."""
     commands = (out / "command.txt").read_text().splitlines() if (out / "command.txt").exists() else []
-    return pd.read_csv(out / "runs.csv"), pd.read_csv(out / "curves.csv"), [line for line in commands if line.strip()]
+    # round_trip: pandas' default float parser can be off by an ulp, and resuming rewrites the earlier rows.
+    runs, curves = (pd.read_csv(out / name, float_precision="round_trip") for name in ("runs.csv", "curves.csv"))
+    return runs, curves, [line for line in commands if line.strip()]
 
 
 def iqm_with_ci(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,15 +170,15 @@ def plot_scaling(runs: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_report(
+def write_csvs(
     results: list[RunResult],
     out: Path,
     commands: list[str],
     earlier: tuple[pd.DataFrame, pd.DataFrame] | None = None,
-) -> str:
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """
-    Write runs.csv, curves.csv, command.txt, results.md and the plots for ``results``, after
-    ``earlier``'s runs and curves when a comparison is resumed. Returns the summary table.
+    Write runs.csv, curves.csv and command.txt for ``results``, after ``earlier``'s runs and curves
+    when a comparison is resumed. Returns the two tables as written.
     """
     out.mkdir(parents=True, exist_ok=True)
     runs, curves = result_frames(results)
@@ -186,6 +188,17 @@ def write_report(
     runs.to_csv(out / "runs.csv", index=False)
     curves.to_csv(out / "curves.csv", index=False)
     (out / "command.txt").write_text("".join(command + "\n" for command in commands))
+    return runs, curves
+
+
+def write_report(
+    results: list[RunResult],
+    out: Path,
+    commands: list[str],
+    earlier: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+) -> str:
+    """The CSVs (see :func:`write_csvs`), then results.md and the plots. Returns the summary table."""
+    runs, curves = write_csvs(results, out, commands, earlier)
     return write_report_from_csvs(runs, curves, out, commands)
 
 
