@@ -5,6 +5,8 @@ Every env SB3's A2C accepts works in every algorithm, and callbacks see what SB3
 
 import functools
 import os
+import pickle
+import sys
 import threading
 
 import gymnasium as gym
@@ -38,6 +40,7 @@ from stable_baselines3.common.vec_env import (
 )
 
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
+from sb3_async.common.envs import pickle_env_copy
 from tests.conftest import forkserver_children
 
 
@@ -226,6 +229,24 @@ def test_unpicklable_registered_env_falls_back_to_its_spec(no_leaks):
     env = gym.make("LunarLander-v3")
     env.reset(seed=0)  # now holds a Box2D world, which cannot be pickled
     A3C("MlpPolicy", env, n_workers=2, seed=0, device="cpu").learn(100)
+
+
+def test_an_env_made_before_a_library_patched_its_wrapper_class_trains(monkeypatch, no_leaks):
+    # rl-zoo3 does this on import: gymnasium.wrappers.TimeLimit = PatchedTimeLimit, a subclass. An env made before
+    # holds the original class, which its name no longer finds; copied by value, that class's super() failed in
+    # the workers ("super(type, obj): obj must be an instance or subtype of type", 2026-11-27, from a benchmark
+    # that made its env before importing sb3_async.zoo).
+    env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
+    time_limit = type(env.envs[0].env)
+    assert time_limit.__name__.endswith("TimeLimit")
+
+    class PatchedTimeLimit(time_limit):
+        pass
+
+    monkeypatch.setattr(sys.modules[time_limit.__module__], time_limit.__qualname__, PatchedTimeLimit)
+    copy = pickle.loads(pickle_env_copy(env.envs[0]))
+    assert type(copy.env) is time_limit
+    A3C("MlpPolicy", VecNormalize(env), n_workers=2, seed=0, device="cpu").learn(200)
 
 
 def step_locals(model_class, env, **kwargs) -> dict[str, object]:

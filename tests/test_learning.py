@@ -2,6 +2,7 @@
 
 import functools
 
+import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, StopTrainingOnRewardThreshold
 from stable_baselines3.common.env_util import make_vec_env
@@ -59,6 +60,21 @@ def assert_solves_cartpole(model, seed: int, budget: int, eval_every: int = 10_0
     assert_training_reaches(model, eval_env, threshold=475, budget=budget, eval_every=eval_every, n_eval_episodes=20)
 
 
+# A hand-tuned linear controller for CartPole (cart position, cart velocity, pole angle, angular velocity),
+# made stochastic: it pushes right with probability sigmoid(w . s). It balances every episode for 500 steps,
+# yet takes the less likely action at 28% of its steps, so its data also holds states off the balanced path.
+BALANCING_WEIGHTS = np.array([1.5, 3.0, 30.0, 6.0])
+
+
+def balancing_controller(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A behaviour policy that is not a trained network: a module-level function, so it pickles to the workers."""
+    logits = obs @ BALANCING_WEIGHTS
+    actions = (np.random.random(len(obs)) < 1.0 / (1.0 + np.exp(-logits))).astype(np.int64)
+    # log sigmoid(+-logit), written so that neither side overflows
+    log_probs = -np.logaddexp(0.0, np.where(actions == 1, -logits, logits))
+    return actions, log_probs.astype(np.float32)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a3c_solves_cartpole(seed, no_leaks):
     model = A3C("MlpPolicy", "CartPole-v1", n_workers=2, envs_per_worker=4, seed=seed, device="cpu")
@@ -83,20 +99,17 @@ def test_offpac_solves_cartpole_from_epsilon_behaviour(seed, no_leaks):
 
 
 def test_offpac_solves_cartpole_from_an_experts_behaviour(no_leaks):
-    # The expert is an A3C agent trained until its deterministic policy averages 475 (its stochastic policy,
-    # the only one OffPolicyAC sees act, scored 323); OffPolicyAC's own target must get there too. With the
-    # default learning rate (7e-4) the target passed 475 within 30k steps and then fell to 93-357 in
-    # two runs of two (one CI run peaked at 444 first). With docs/offpac.md's settings for data that is
-    # not pi's (1e-4, entropy 0.01) it reached 500 within 20k and held 390-500 to 150k, both seeds. One CI run
-    # (2026-11-27) plateaued at 358-445 for all 150k steps instead: the expert's data covers the expert's states,
-    # not those a slightly different target drifts into (docs/offpac.md, "Learning from uniform data"). The budget
-    # is 300k so such a run gets more evaluations; a target that never reaches 475 still fails.
-    expert = A3C("MlpPolicy", "CartPole-v1", n_workers=2, envs_per_worker=4, seed=3, device="cpu")
-    assert_solves_cartpole(expert, seed=3, budget=250_000)
+    # The expert is balancing_controller: not pi, and the same expert in every run. The A3C expert this test used
+    # to train (until its deterministic policy scored 475) was a different expert each run; one acted at 323
+    # stochastically, and in two CI runs the target plateaued at 300-445 for 150k and 300k steps: such data does not
+    # hold the states a slightly different policy drifts into. With docs/offpac.md's settings for data that is not
+    # pi's (learning rate 1e-4, entropy 0.01), trial runs of this test first passed 475 at 70k, 70k and 80k (seeds
+    # 0, 1, 2) and scored 500 at every evaluation after, to 150k-200k. At the default 7e-4 without entropy the
+    # target passed 475 by 20k, then collapsed to always pushing one way (9 steps) by 50k, seeds 0 and 1.
     model = OffPolicyAC(
         "MlpPolicy",
         "CartPole-v1",
-        behavior_policy=expert,
+        behavior_policy=balancing_controller,
         learning_rate=1e-4,
         ent_coef=0.01,
         n_workers=2,
@@ -104,7 +117,7 @@ def test_offpac_solves_cartpole_from_an_experts_behaviour(no_leaks):
         seed=0,
         device="cpu",
     )
-    assert_solves_cartpole(model, seed=0, budget=300_000)
+    assert_solves_cartpole(model, seed=0, budget=200_000)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -196,17 +209,17 @@ def test_a3c_swings_up_pendulum(no_leaks):
     assert_training_reaches(model, eval_env, threshold=-400, budget=400_000, eval_every=20_000, n_eval_episodes=10)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_offpac_swings_up_pendulum_with_its_zoo_entry(seed, no_leaks):
-    # gSDE, traces with lambda 0.9, and a replay memory of 10k steps (see docs/offpac.md, "Continuous actions").
+def test_offpac_swings_up_pendulum_with_its_zoo_entry(no_leaks):
+    # gSDE, traces with lambda 0.9, a replay memory of 10k steps, log_std_init -1 and learning rate 3e-4 (see
+    # docs/offpac.md, "Continuous actions"). A random policy scores about -1205. 12 trial runs of the entry
+    # (seeds 0 to 11, evaluated every 10k) first averaged -250 or better after 100k to 190k steps, so the budget
+    # is 400k, twice the slowest. One seed: the entry's spread is what the trials measured, and a second run
+    # added a minute to the suite. (The entry before, log_std_init -2 at 7e-4, took 80k to 540k in 12 trial
+    # runs and did not get there within 400k in one CI run.)
     kwargs = config_kwargs("offpac", "Pendulum-v1")
     env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=kwargs["gamma"])
-    model = OffPolicyAC("MlpPolicy", env, seed=seed, device="cpu", **kwargs)
-    # A random policy scores about -1205. Runs of these settings first averaged -250 or better after 100k to
-    # 200k steps in 10 of 12 (seeds 0 to 4 twice, 0 and 1 once more; evaluated every 10k or 25k); the other
-    # two had reached -272 and -766 by 200k. So 200k is this entry's typical reach, not a bound, and the
-    # budget is twice the slowest passing run seen, as for every learning test here.
-    eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=100 + seed), training=False, norm_reward=False)
+    model = OffPolicyAC("MlpPolicy", env, seed=0, device="cpu", **kwargs)
+    eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=100), training=False, norm_reward=False)
     assert_training_reaches(model, eval_env, threshold=-250, budget=400_000, eval_every=10_000, n_eval_episodes=10)
 
 

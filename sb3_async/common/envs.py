@@ -32,7 +32,10 @@ learner env's, so rl-zoo3's plots read every worker's episodes.
 """
 
 import functools
+import importlib
 import io
+import pickle
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -232,10 +235,49 @@ def _env_factory_from_spec(spec: gym.envs.registration.EnvSpec | None) -> Callab
     return functools.partial(gym.make, replace(spec, additional_wrappers=wrappers))
 
 
-class _CopyPickler(cloudpickle.Pickler):
+class _WorkerPickler(cloudpickle.Pickler):
     """
-    cloudpickle, except that a Monitor is pickled as a fresh one in its place (same settings, no file,
-    no episode under way): the workers' copies must not share, or fail on, the learner's log file.
+    cloudpickle, except for a class whose importable name now names a subclass of it: a library's
+    monkeypatch, such as rl-zoo3's ``gymnasium.wrappers.TimeLimit = PatchedTimeLimit`` on import.
+    An env made before that import holds the original class, which plain pickle can no longer find
+    by name, so cloudpickle would rebuild it by value in the worker: a new class, on whose
+    instances the original methods' ``super()`` fails. It goes by reference to the original instead.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type) and _shadowed_by_a_subclass(obj):
+            return _original_class, (obj.__module__, obj.__qualname__)
+        return super().reducer_override(obj)
+
+
+def _class_named(module_name: str, qualname: str) -> Any:
+    found: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
+    for name in qualname.split("."):
+        found = getattr(found, name, None)
+    return found
+
+
+def _shadowed_by_a_subclass(cls: type) -> bool:
+    if "<locals>" in cls.__qualname__ or cls.__module__ not in sys.modules:
+        return False
+    named = _class_named(cls.__module__, cls.__qualname__)
+    return named is not cls and isinstance(named, type) and issubclass(named, cls)
+
+
+def _original_class(module_name: str, qualname: str) -> type:
+    """The class defined as ``module_name.qualname``, also where that name now names a subclass of it."""
+    named = _class_named(module_name, qualname)
+    for cls in getattr(named, "__mro__", ()):
+        if cls.__module__ == module_name and cls.__qualname__ == qualname:
+            return cls
+    raise pickle.UnpicklingError(f"{module_name}.{qualname} names {named}, which does not derive from the original class")
+
+
+class _CopyPickler(_WorkerPickler):
+    """
+    The workers' pickler, except that a Monitor is pickled as a fresh one in its place (same
+    settings, no file, no episode under way): the workers' copies must not share, or fail on, the
+    learner's log file.
     """
 
     def reducer_override(self, obj: Any) -> Any:
@@ -499,7 +541,9 @@ def _recipe_for_env_objects(innermost: VecEnv) -> "VecEnvRecipe | EnvCopies":
 def dumps_for_workers(obj: Any, what: str) -> bytes:
     """cloudpickle ``obj`` for the worker processes, or say plainly why it cannot go there."""
     try:
-        return cloudpickle.dumps(obj)
+        buffer = io.BytesIO()
+        _WorkerPickler(buffer).dump(obj)
+        return buffer.getvalue()
     except Exception as error:
         raise ValueError(
             f"{what} cannot be pickled to the worker processes ({type(error).__name__}: {error}). "
