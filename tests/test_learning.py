@@ -85,6 +85,9 @@ def test_a3c_solves_cartpole(seed, no_leaks):
 def test_offpac_solves_cartpole_from_epsilon_behaviour(seed, no_leaks):
     # The target policy is judged deterministically; it never acted alone during training.
     # A little entropy keeps pi from turning greedy before the critic knows better.
+    # Trial runs (2026-11-27, 4 per seed) first passed 475 at 10k, 10k, 10k, 30k (seed 0) and 10k, 50k, 160k,
+    # 250k (seed 1): a run can reach 440 early, fall to 100-200 for 100k+ steps and climb back. Learning rate
+    # 1e-4 did not help (40k-310k, the same dips). So the budget is 500k, twice the slowest; 250k had no margin.
     model = OffPolicyAC(
         "MlpPolicy",
         "CartPole-v1",
@@ -95,7 +98,7 @@ def test_offpac_solves_cartpole_from_epsilon_behaviour(seed, no_leaks):
         seed=seed,
         device="cpu",
     )
-    assert_solves_cartpole(model, seed, budget=250_000)
+    assert_solves_cartpole(model, seed, budget=500_000)
 
 
 def test_offpac_solves_cartpole_from_an_experts_behaviour(no_leaks):
@@ -129,6 +132,7 @@ def test_offpac_learns_cartpole_from_uniform_behaviour_that_covers_its_states(se
     # angular velocities, the same behaviour covers them. Evaluation starts as CartPole does.
     # At learning rate 1e-4 and entropy 0.01 (docs/offpac.md's settings for data that is not pi's), trial curves
     # first passed 475 at 100k on a 25k grid and held 485-500 to 300k, both seeds; the test took 32 s and 54 s.
+    # Four runs of this test's own loop (2026-11-27, two per seed) passed at 40k-50k and scored 486-494 100k later.
     env = make_vec_env("CartPole-v1", n_envs=1, wrapper_class=ExploringStarts, wrapper_kwargs={"high": [2.0, 1.5, 0.15, 1.5]})
     model = OffPolicyAC(
         "MlpPolicy",
