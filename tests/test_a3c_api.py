@@ -145,7 +145,7 @@ class RecordLearningRate(BaseCallback):
         return True
 
 
-@pytest.mark.parametrize("update_mode", ["learner", "hogwild"])
+@pytest.mark.parametrize("update_mode", ["learner", "locked", "hogwild"])
 def test_learning_rate_schedule_reaches_the_learner_optimizer(update_mode, no_leaks):
     model = A3C("MlpPolicy", "CartPole-v1", learning_rate=lambda progress: 1e-3 * progress, update_mode=update_mode, **FAST)
     recorder = RecordLearningRate()
@@ -325,7 +325,14 @@ def test_a_wrapper_gymnasium_cannot_recreate_reaches_the_workers_as_a_copy(no_le
 def test_a_worker_waits_for_its_own_update_only_in_the_papers_mode(wait_for_own_update, no_leaks):
     # One worker: any staleness can only be its own last update, not yet applied when it copied the parameters.
     model = A3C(
-        "MlpPolicy", "CartPole-v1", n_workers=1, n_steps=5, seed=0, device="cpu", wait_for_own_update=wait_for_own_update
+        "MlpPolicy",
+        "CartPole-v1",
+        n_workers=1,
+        n_steps=5,
+        seed=0,
+        device="cpu",
+        update_mode="learner",
+        wait_for_own_update=wait_for_own_update,
     )
     output = RecordingOutput()
     model.set_logger(Logger(folder=None, output_formats=[output]))

@@ -27,11 +27,12 @@ def assert_same_optimizer_state(expected: th.optim.Optimizer, actual: th.optim.O
             assert th.equal(value, actual_state[index][key]), f"param {index}, {key}"
 
 
+@pytest.mark.parametrize("worker_mode", ["locked", "hogwild"])
 @pytest.mark.parametrize("use_rms_prop", [True, False], ids=["rmsprop", "adam"])
-def test_with_one_worker_hogwild_updates_equal_learner_updates(use_rms_prop, no_leaks):
+def test_with_one_worker_updates_applied_by_the_worker_equal_learner_updates(worker_mode, use_rms_prop, no_leaks):
     """Same segments, same clipping, same scheduled rate, same optimizer: the same parameters, bit for bit."""
     models = {}
-    for mode in ("learner", "hogwild"):
+    for mode in ("learner", worker_mode):
         models[mode] = A3C(
             "MlpPolicy",
             "CartPole-v1",
@@ -45,7 +46,7 @@ def test_with_one_worker_hogwild_updates_equal_learner_updates(use_rms_prop, no_
             update_mode=mode,
         )
         models[mode].learn(15)  # three segments, three updates
-    learner, hogwild = models["learner"], models["hogwild"]
+    learner, hogwild = models["learner"], models[worker_mode]
     assert learner._n_updates == hogwild._n_updates == 3
     assert not th.equal(flat(hogwild.policy), flat(A3C("MlpPolicy", "CartPole-v1", seed=0, device="cpu").policy))
     assert th.equal(flat(learner.policy), flat(hogwild.policy))
@@ -64,12 +65,13 @@ def test_optimizer_state_round_trips_through_save_and_load_in_both_modes(tmp_pat
 
     # From the saved state, one more update gives the same result whoever applies it.
     continued = {}
-    for mode in ("learner", "hogwild"):
+    for mode in ("learner", "locked", "hogwild"):
         loaded = A3C.load(tmp_path / "hogwild", env=make_vec_env("CartPole-v1"), device="cpu", n_workers=1, update_mode=mode)
         assert_same_optimizer_state(model.policy.optimizer, loaded.policy.optimizer)
         continued[mode] = loaded.learn(5, reset_num_timesteps=False)
-    assert th.equal(flat(continued["learner"].policy), flat(continued["hogwild"].policy))
-    assert_same_optimizer_state(continued["learner"].policy.optimizer, continued["hogwild"].policy.optimizer)
+    for mode in ("locked", "hogwild"):
+        assert th.equal(flat(continued["learner"].policy), flat(continued[mode].policy))
+        assert_same_optimizer_state(continued["learner"].policy.optimizer, continued[mode].policy.optimizer)
     assert not th.equal(flat(continued["hogwild"].policy), flat(model.policy))
 
 
@@ -86,7 +88,7 @@ class SaveOnce(BaseCallback):
         return True
 
 
-@pytest.mark.parametrize("update_mode", ["learner", "hogwild"])
+@pytest.mark.parametrize("update_mode", ["learner", "locked", "hogwild"])
 def test_a_checkpoint_saved_during_training_holds_the_optimizer_state_of_that_moment(update_mode, tmp_path, no_leaks):
     # In both modes the optimizer steps the flat state during learn(); save() must still see it.
     model = A3C("MlpPolicy", "CartPole-v1", update_mode=update_mode, **FAST)
@@ -94,8 +96,8 @@ def test_a_checkpoint_saved_during_training_holds_the_optimizer_state_of_that_mo
     model.learn(2_000, callback=saver)
     loaded = A3C.load(tmp_path / "checkpoint", device="cpu")
     steps = {entry["step"].item() for entry in loaded.policy.optimizer.state_dict()["state"].values()}
-    # Hogwild workers may have applied a few more than the learner had counted when the callback ran.
-    slack = model.n_workers if update_mode == "hogwild" else 0
+    # Workers that apply their own updates may have applied a few more than the learner had counted when the callback ran.
+    slack = model.n_workers if update_mode != "learner" else 0
     assert len(steps) == 1 and saver.updates_at_save <= steps.pop() <= saver.updates_at_save + slack
     assert not th.equal(flat(loaded.policy), flat(model.policy))  # a snapshot, not the end of training
 

@@ -12,8 +12,8 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
-from sb3_async.a3c.worker import A3CWorker, RecurrentA3CWorker
-from sb3_async.common.async_algorithm import AsyncAlgorithmMixin, default_n_workers
+from sb3_async.a3c.worker import A3CWorker, LeanA3CWorker, RecurrentA3CWorker, lean_rollout_applies
+from sb3_async.common.async_algorithm import AsyncAlgorithmMixin
 
 SelfA3C = TypeVar("SelfA3C", bound="A3C")
 
@@ -61,14 +61,19 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation.
     :param normalize_advantage: Whether to normalize or not the advantage
     :param n_workers: Number of worker processes (default: the number of CPU cores available)
-    :param envs_per_worker: Number of envs each worker steps together
+    :param envs_per_worker: Number of envs each worker steps together (default: when ``env`` is a VecEnv of
+        N envs, ``N // n_workers``, at least 1, so that the workers share the user's envs; else 1)
     :param wait_for_own_update: Whether a worker waits, after handing over a gradient, until the learner
         has applied it, so that its next segment starts from parameters that include its own last update
         (the paper's implementation). With False it starts the next segment at once, with the newest
-        parameters published then (no idle round trip; see ``docs/architecture.md``)
+        parameters published then (no idle round trip; see ``docs/architecture.md``). Only for
+        ``update_mode="learner"``: workers that apply their own updates never wait
     :param update_mode: Who applies the gradients. ``"learner"``: this process, one at a time, as they
-        arrive. ``"hogwild"``: each worker, lock-free, to the shared parameters with optimizer statistics
-        shared by all workers (the paper's variant; RMSprop, Adam or AdamW, on the CPU; see ``docs/architecture.md``)
+        arrive. ``"locked"``: each worker its own, one at a time under a lock that all workers share, with
+        optimizer statistics that all workers share: the learner's semantics without a round trip to it.
+        ``"hogwild"``: each worker its own, lock-free (the paper's variant). ``"locked"`` and ``"hogwild"``
+        need RMSprop, Adam or AdamW, the CPU and the local backend. ``"auto"`` (default): ``"locked"`` where
+        it can run, else ``"learner"`` (see ``docs/architecture.md``)
     :param backend: Where the workers run. ``"local"``: processes on this machine, parameters and gradients
         in shared memory. ``"ray"``: Ray actors on the cluster that ``ray.init`` connected this process to (or
         on a local Ray that ``learn()`` starts and stops); needs ``pip install 'sb3_async[ray]'`` and
@@ -91,6 +96,9 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
         Setting it to auto, the code will be run on the GPU if possible.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
+
+    # Said once per model, at verbose >= 1, when the workers cannot take the lean rollout.
+    _told_why_not_lean = False
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": ActorCriticPolicy,
@@ -121,9 +129,9 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         normalize_advantage: bool = False,
         n_workers: int | None = None,
-        envs_per_worker: int = 1,
+        envs_per_worker: int | None = None,
         wait_for_own_update: bool = True,
-        update_mode: str = "learner",
+        update_mode: str = "auto",
         backend: str = "local",
         max_worker_restarts: int = 0,
         ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None = None,
@@ -136,16 +144,18 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        self.n_workers = default_n_workers() if n_workers is None else n_workers
-        self.envs_per_worker = envs_per_worker
-        self.wait_for_own_update = wait_for_own_update
-        self.update_mode = update_mode
-        self.backend = backend
-        self.max_worker_restarts = max_worker_restarts
-        self.ray_actor_options = ray_actor_options
-        self.ray_init_kwargs = ray_init_kwargs
-        self._validate_async_arguments(n_steps)
-        self._user_env = env
+        self._set_async_settings(
+            env,
+            n_workers,
+            envs_per_worker,
+            wait_for_own_update,
+            update_mode,
+            backend,
+            max_worker_restarts,
+            ray_actor_options,
+            ray_init_kwargs,
+            n_steps,
+        )
         try:
             super().__init__(
                 policy,
@@ -189,8 +199,15 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
         return dict(use_sde=self.use_sde, **self.policy_kwargs)
 
     def _worker_logic(self) -> tuple[type, dict[str, Any]]:
-        recurrent = issubclass(self.policy_class, RecurrentActorCriticPolicy)
-        return RecurrentA3CWorker if recurrent else A3CWorker, dict(
+        if issubclass(self.policy_class, RecurrentActorCriticPolicy):
+            worker_class: type[A3CWorker] = RecurrentA3CWorker
+        else:
+            why_not_lean = lean_rollout_applies(self.policy, self.use_sde, self.rollout_buffer_class)
+            worker_class = A3CWorker if why_not_lean else LeanA3CWorker
+            if why_not_lean and self.verbose >= 1 and not self._told_why_not_lean:
+                print(f"A3C workers step SB3's rollout machinery, not the lean rollout: {why_not_lean}")
+                self._told_why_not_lean = True
+        return worker_class, dict(
             n_steps=self.n_steps,
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,

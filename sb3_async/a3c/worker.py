@@ -172,6 +172,165 @@ class A3CWorker(WorkerLogic):
         return self.policy.predict_values(obs)
 
 
+def lean_rollout_applies(policy: ActorCriticPolicy, use_sde: bool, rollout_buffer_class: type | None) -> str | None:
+    """None when :class:`LeanA3CWorker` computes what :class:`A3CWorker` does; else why it does not."""
+    if isinstance(policy, RecurrentActorCriticPolicy):
+        return "a recurrent policy carries LSTM states from step to step"
+    if use_sde:
+        return "gSDE samples its noise matrix through the rollout"
+    if rollout_buffer_class not in (None, RolloutBuffer, DictRolloutBuffer):
+        return f"a custom rollout_buffer_class ({rollout_buffer_class.__name__}) may compute returns its own way"
+    mode_dependent = (th.nn.modules.batchnorm._BatchNorm, th.nn.modules.dropout._DropoutNd)
+    for name, module in policy.named_modules():
+        if isinstance(module, mode_dependent):
+            return f"{name} ({type(module).__name__}) acts differently in training and evaluation mode"
+    return None
+
+
+class LeanA3CWorker(A3CWorker):
+    """
+    :class:`A3CWorker`'s segment and loss with less work per env step, for the common case
+    (:func:`lean_rollout_applies`): the same actions (one draw from the same SB3 distribution per
+    step), the same returns and advantages, the same loss, to float tolerance.
+
+    The parameters are fixed within a segment, so the values and log-probabilities that SB3 computes
+    step by step come from the one forward pass over the whole segment that the loss needs anyway;
+    a step only runs the actor. Each step is written once, into the step log, whose arrays are both
+    what the learner's callbacks see and what the loss reads; no rollout buffer, and no
+    training-mode walks (no module here depends on the mode).
+    """
+
+    def __init__(self, env: VecEnv, policy: ActorCriticPolicy, worker_id: int, **kwargs: Any) -> None:
+        kwargs["rollout_buffer_class"] = None
+        WorkerLogic.__init__(self, env, policy, worker_id)
+        self.n_steps = kwargs["n_steps"]
+        self.gamma = kwargs["gamma"]
+        self.gae_lambda = kwargs["gae_lambda"]
+        self.ent_coef = kwargs["ent_coef"]
+        self.vf_coef = kwargs["vf_coef"]
+        self.normalize_advantage = kwargs["normalize_advantage"]
+        self.use_sde = False
+        self._last_obs = env.reset()
+        self._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
+        self.step_log = StepLog(self.n_steps)
+        policy.set_training_mode(True)  # once: no module depends on it (lean_rollout_applies)
+
+    def compute_loss(self) -> tuple[th.Tensor, Segment]:
+        env, policy = self.env, self.policy
+        episode_starts = np.empty((self.n_steps, env.num_envs), dtype=np.float32)
+        for step in range(self.n_steps):
+            with th.no_grad():
+                actions = policy.get_distribution(obs_as_tensor(self._last_obs, "cpu")).get_actions()  # type: ignore[arg-type]
+            actions_array = actions.reshape((-1, *env.action_space.shape)).numpy()  # type: ignore[misc]
+            clipped_actions = actions_for_env(actions_array, env.action_space, policy)
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+            self.step_log.add(
+                obs_tensor=self._last_obs,
+                actions=actions_array,
+                clipped_actions=clipped_actions,
+                new_obs=new_obs,
+                rewards=rewards,
+                dones=dones,
+                infos=infos,
+            )
+            episode_starts[step] = self._last_episode_starts
+            self._last_obs = new_obs
+            self._last_episode_starts = dones
+        steps = self.step_log.pop()
+        n_rows = self.n_steps * env.num_envs
+
+        # One forward pass: the segment's observations (with gradient, for the loss), then, detached,
+        # the last observation and the final observations of truncated episodes (for bootstrapping).
+        truncated = [
+            (step, idx, obs)
+            for step in range(self.n_steps)
+            for idx, obs in truncations(steps["infos"][step], steps["dones"][step])
+        ]
+        observations = _concatenate_observations(
+            [_rows_of(steps["obs_tensor"]), new_obs, *(_one_row(obs, steps["obs_tensor"]) for _, _, obs in truncated)]
+        )
+        features = policy.extract_features(obs_as_tensor(observations, "cpu"))  # type: ignore[arg-type]
+        if policy.share_features_extractor:
+            latent_pi = policy.mlp_extractor.forward_actor(features[:n_rows])
+            latent_vf = policy.mlp_extractor.forward_critic(features)
+        else:
+            pi_features, vf_features = features
+            latent_pi = policy.mlp_extractor.forward_actor(pi_features[:n_rows])
+            latent_vf = policy.mlp_extractor.forward_critic(vf_features)
+        all_values = policy.value_net(latent_vf).flatten()
+        distribution = policy._get_action_dist_from_latent(latent_pi)
+        log_prob = distribution.log_prob(_actions_for_loss(th.as_tensor(_rows_of(steps["actions"])), env.action_space))
+        entropy = distribution.entropy()
+
+        detached = all_values.detach().numpy()
+        values = detached[:n_rows].reshape(self.n_steps, env.num_envs)
+        last_values = detached[n_rows : n_rows + env.num_envs]
+        rewards = steps["rewards"].astype(np.float32)  # a copy: callbacks see the env's rewards
+        for (step, idx, _), terminal_value in zip(truncated, detached[n_rows + env.num_envs :], strict=True):
+            rewards[step, idx] += self.gamma * terminal_value  # a truncation is not a terminal state (SB3 issue #633)
+        advantages = generalized_advantages(rewards, values, episode_starts, last_values, dones, self.gamma, self.gae_lambda)
+        returns = advantages + values
+
+        loss, stats = a3c_loss(
+            all_values[:n_rows],
+            log_prob,
+            entropy,
+            th.as_tensor(returns.reshape(-1)),
+            th.as_tensor(advantages.reshape(-1)),
+            self.ent_coef,
+            self.vf_coef,
+            self.normalize_advantage,
+        )
+        # What SB3's collect_rollouts has in locals() for callbacks, now that they are known.
+        steps["values"] = values[..., None]
+        steps["log_probs"] = log_prob.detach().numpy().reshape(self.n_steps, env.num_envs)
+        if hasattr(policy, "log_std"):
+            stats["std"] = th.exp(policy.log_std).mean().item()
+        stats["explained_variance"] = float(explained_variance(values.flatten(), returns.flatten()))
+        return loss, Segment(n_env_steps=n_rows, steps=steps, stats=stats)
+
+
+def generalized_advantages(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    episode_starts: np.ndarray,
+    last_values: np.ndarray,
+    dones: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> np.ndarray:
+    """SB3's ``RolloutBuffer.compute_returns_and_advantage`` on ``[n_steps, n_envs]`` arrays: the GAE advantages."""
+    advantages = np.zeros_like(values)
+    last_gae_lam = np.zeros_like(last_values)
+    next_values, next_non_terminal = last_values, 1.0 - dones.astype(np.float32)
+    for step in reversed(range(len(rewards))):
+        delta = rewards[step] + gamma * next_values * next_non_terminal - values[step]
+        last_gae_lam = delta + gamma * gae_lambda * next_non_terminal * last_gae_lam
+        advantages[step] = last_gae_lam
+        next_values, next_non_terminal = values[step], 1.0 - episode_starts[step]
+    return advantages
+
+
+def _rows_of(column: Any) -> Any:
+    """A step log column ``[n_steps, n_envs, ...]`` as rows ``[n_steps * n_envs, ...]``, time-major; dicts key by key."""
+    if isinstance(column, dict):
+        return {key: _rows_of(value) for key, value in column.items()}
+    return column.reshape(-1, *column.shape[2:])
+
+
+def _one_row(observation: Any, like: Any) -> Any:
+    """One env's observation as a batch of one, in the dtype of the step log's column ``like``."""
+    if isinstance(like, dict):
+        return {key: _one_row(observation[key], like[key]) for key in like}
+    return np.asarray(observation, dtype=like.dtype).reshape(1, *like.shape[2:])
+
+
+def _concatenate_observations(parts: list[Any]) -> Any:
+    if isinstance(parts[0], dict):
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    return np.concatenate(parts)
+
+
 class RecurrentA3CWorker(A3CWorker):
     """
     The paper's A3C-LSTM: :class:`A3CWorker` with one of sb3-contrib's recurrent policies (as

@@ -36,11 +36,9 @@ from sb3_async.common.collectors import (
 from sb3_async.common.collectors.base import check_restarts
 from sb3_async.common.collectors.ray_backend import RayCollector, check_actor_options, import_ray
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
-from sb3_async.common.flat_optimizer import FlatOptimizerState, can_flatten
+from sb3_async.common.flat_optimizer import FLAT_OPTIMIZERS, FlatOptimizerState, can_flatten
 from sb3_async.common.torch_layers import small_image_policy_kwargs
-from sb3_async.common.hogwild import HogwildSettings, check_hogwild_optimizer
-
-UPDATE_MODES = ("learner", "hogwild")
+from sb3_async.common.worker_updates import UPDATE_MODES, WORKER_UPDATE_MODES, WorkerUpdateSettings, check_shared_optimizer
 
 
 def default_n_workers() -> int:
@@ -165,24 +163,61 @@ class AsyncAlgorithmMixin:
     ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None
     ray_init_kwargs: dict[str, Any] | None
     _user_env: Any
-    # During learn(): the optimizer state laid out flat (shared with Hogwild workers), and what steps it here.
+    # During learn(): the optimizer state laid out flat (shared with workers that apply their own updates),
+    # what steps it here, and the collector whose workers apply their own updates, if they do.
     _flat_optimizer_state: FlatOptimizerState | None = None
     _learner_optimizer: th.optim.Optimizer | None = None
+    _own_updates_collector: LocalCollector | None = None
+
+    def _set_async_settings(
+        self,
+        env: Any,
+        n_workers: int | None,
+        envs_per_worker: int | None,
+        wait_for_own_update: bool,
+        update_mode: str,
+        backend: str,
+        max_worker_restarts: int,
+        ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None,
+        ray_init_kwargs: dict[str, Any] | None,
+        n_steps: int,
+    ) -> None:
+        """
+        The start of every constructor: the settings every asynchronous algorithm shares, checked
+        before any process starts. By default one worker per core, and the envs of a VecEnv the
+        user passed shared among them (``make_vec_env(MyEnv, n_envs=8)`` on 2 cores: 2 workers x 4
+        envs), so that swapping A2C for A3C keeps the envs and the samples per update the user chose.
+        """
+        self.n_workers = default_n_workers() if n_workers is None else n_workers
+        if envs_per_worker is None:
+            n_envs = env.num_envs if isinstance(env, VecEnv) else 1
+            valid_n_workers = isinstance(self.n_workers, (int, np.integer)) and self.n_workers >= 1  # else refused below
+            envs_per_worker = max(1, n_envs // self.n_workers) if valid_n_workers else 1
+        self.envs_per_worker = envs_per_worker
+        self.wait_for_own_update = wait_for_own_update
+        self.update_mode = update_mode
+        self.backend = backend
+        self.max_worker_restarts = max_worker_restarts
+        self.ray_actor_options = ray_actor_options
+        self.ray_init_kwargs = ray_init_kwargs
+        self._validate_async_arguments(n_steps)
+        self._user_env = env
 
     def _validate_async_arguments(self, n_steps: int) -> None:
         for name, value in (("n_workers", self.n_workers), ("envs_per_worker", self.envs_per_worker), ("n_steps", n_steps)):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self._update_mode() not in UPDATE_MODES:
-            raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {self._update_mode()!r}")
+        requested_mode = self._requested_update_mode()
+        if requested_mode not in (*UPDATE_MODES, "auto"):
+            raise ValueError(f"update_mode must be one of {UPDATE_MODES} or 'auto', got {requested_mode!r}")
         if self._backend() not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self._backend()!r}")
         check_restarts(self._max_worker_restarts())
         if self._backend() == "ray":
-            if self._update_mode() == "hogwild":
+            if requested_mode in WORKER_UPDATE_MODES:
                 raise ValueError(
-                    "update_mode='hogwild' needs the workers to share memory, which Ray actors on a cluster do not: "
-                    "use backend='local' for Hogwild, or update_mode='learner' with Ray"
+                    f"update_mode={requested_mode!r} needs the workers to share memory, which Ray actors on a cluster "
+                    f"do not: use backend='local' for it, or update_mode='learner' with Ray"
                 )
             check_actor_options(getattr(self, "ray_actor_options", None), self.n_workers)
             if not isinstance(getattr(self, "ray_init_kwargs", None) or {}, dict):
@@ -190,8 +225,23 @@ class AsyncAlgorithmMixin:
             import_ray()  # an ImportError that says what to install, now rather than in learn()
 
     # Models saved before these settings existed load with today's behaviour.
-    def _update_mode(self) -> str:
+    def _requested_update_mode(self) -> str:
         return getattr(self, "update_mode", "learner")
+
+    def _update_mode(self) -> str:
+        """
+        Who applies the updates in this ``learn()``. ``"auto"`` (the default): the workers, under the
+        lock (``"locked"``), wherever they can (the local backend, the CPU, RMSprop, Adam or AdamW):
+        the learner's semantics with no round trip on a worker's critical path, measured faster to the
+        threshold (``docs/architecture.md``); else the learner.
+        """
+        requested = self._requested_update_mode()
+        if requested != "auto":
+            return requested
+        optimizer_class = self.policy_kwargs.get("optimizer_class", th.optim.Adam)  # type: ignore[attr-defined]
+        shareable = isinstance(optimizer_class, type) and issubclass(optimizer_class, FLAT_OPTIMIZERS)
+        on_cpu = self.device.type == "cpu"  # type: ignore[attr-defined]
+        return "locked" if self._backend() == "local" and shareable and on_cpu else "learner"
 
     def _backend(self) -> str:
         return getattr(self, "backend", "local")
@@ -218,12 +268,12 @@ class AsyncAlgorithmMixin:
         if use_rms_prop and "optimizer_class" not in self.policy_kwargs:  # type: ignore[attr-defined]
             self.policy_kwargs["optimizer_class"] = th.optim.RMSprop  # type: ignore[attr-defined]
             self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)  # type: ignore[attr-defined]
-        if self._update_mode() == "hogwild":
-            check_hogwild_optimizer(self.policy_kwargs.get("optimizer_class", th.optim.Adam))  # type: ignore[attr-defined]
+        if self._requested_update_mode() in WORKER_UPDATE_MODES:
+            check_shared_optimizer(self.policy_kwargs.get("optimizer_class", th.optim.Adam), self._update_mode())  # type: ignore[attr-defined]
             if self.device.type != "cpu":  # type: ignore[attr-defined]
                 raise ValueError(
-                    f"update_mode='hogwild' keeps the parameters in shared CPU memory, where the workers update them; "
-                    f"pass device='cpu' (got device={self.device})"  # type: ignore[attr-defined]
+                    f"update_mode={self._update_mode()!r} keeps the parameters in shared CPU memory, where the workers "
+                    f"update them; pass device='cpu' (got device={self.device})"  # type: ignore[attr-defined]
                 )
         self.n_envs = self.n_workers * self.envs_per_worker
         if self.env is not None:
@@ -257,7 +307,7 @@ class AsyncAlgorithmMixin:
     def _worker_logic(self) -> tuple[type, dict[str, Any]]:
         raise NotImplementedError
 
-    def _worker_spec(self, hogwild: HogwildSettings | None = None) -> WorkerSpec:
+    def _worker_spec(self, worker_updates: WorkerUpdateSettings | None = None) -> WorkerSpec:
         logic_class, logic_kwargs = self._worker_logic()
         return WorkerSpec(
             env_factory=self._worker_env_factory(),
@@ -270,7 +320,7 @@ class AsyncAlgorithmMixin:
             normalization=self._normalization_statistics(),
             seed=self.seed,
             wait_for_own_update=getattr(self, "wait_for_own_update", True),  # models saved before it existed
-            hogwild=hogwild,
+            worker_updates=worker_updates,
         )
 
     def _worker_policy_kwargs(self) -> dict[str, Any]:
@@ -293,20 +343,29 @@ class AsyncAlgorithmMixin:
         self._user_env = env
 
     def _excluded_save_params(self) -> list[str]:
-        excluded = ["_user_env", "_unreported_steps", "_policy_buffers", "_flat_optimizer_state", "_learner_optimizer"]
+        excluded = [
+            "_user_env",
+            "_unreported_steps",
+            "_policy_buffers",
+            "_flat_optimizer_state",
+            "_learner_optimizer",
+            "_own_updates_collector",
+        ]
         return [*super()._excluded_save_params(), *excluded]  # type: ignore[misc]
 
     def get_parameters(self) -> dict[str, dict]:
         """SB3's ``get_parameters``; during ``learn()`` (a callback saving, say), with the optimizer state stepped then."""
         if self._flat_optimizer_state is None:
             return super().get_parameters()  # type: ignore[misc]
-        self._flat_optimizer_state.copy_to(self.policy.optimizer, list(self.policy.parameters()))  # type: ignore[attr-defined]
-        parameters = super().get_parameters()  # type: ignore[misc]
-        if self._update_mode() == "hogwild":
-            # The tensors are views of the shared parameters, which the workers go on writing: save a
-            # snapshot, or th.save may write other bytes than those its checksum covered (a corrupt file).
-            parameters = copy.deepcopy(parameters)
-        return parameters
+        if self._own_updates_collector is None:
+            self._flat_optimizer_state.copy_to(self.policy.optimizer, list(self.policy.parameters()))  # type: ignore[attr-defined]
+            return super().get_parameters()  # type: ignore[misc]
+        # The tensors are views of the shared parameters, which the workers go on writing: save a
+        # snapshot, or th.save may write other bytes than those its checksum covered (a corrupt file).
+        # Under the lock, the "locked" workers' updates are either in it whole or not at all.
+        with self._own_updates_collector.locked():
+            self._flat_optimizer_state.copy_to(self.policy.optimizer, list(self.policy.parameters()))  # type: ignore[attr-defined]
+            return copy.deepcopy(super().get_parameters())  # type: ignore[misc]
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         if progress_bar:
@@ -345,11 +404,11 @@ class AsyncAlgorithmMixin:
         # The learner's ops are tiny; idle intra-op threads would only spin on the workers' cores.
         user_threads = th.get_num_threads()
         self._policy_buffers = list(self.policy.buffers())
-        hogwild = self._update_mode() == "hogwild"
+        workers_apply = self._update_mode() in WORKER_UPDATE_MODES
         collector = self._make_collector(total_timesteps, params, flat_params, flat_gradient)
         flat_state = self._flat_optimizer_state
         restarts_before = getattr(self, "worker_restarts", 0)
-        # Hogwild: where the workers' buffers are, still readable after the collector closes.
+        # When the workers apply their own updates: where their buffers are, still readable after the collector closes.
         shared_buffers = collector.shared_buffers if isinstance(collector, LocalCollector) else None
         with sigterm_raises_system_exit():
             try:
@@ -362,9 +421,9 @@ class AsyncAlgorithmMixin:
                     steps_taken = self.num_timesteps + self._unreported_steps.n_rows + report.segment.n_env_steps
                     self._update_current_progress_remaining(steps_taken, total_timesteps)
                     self.worker_restarts = restarts_before + collector.restarts
-                    if hogwild:
+                    if workers_apply:
                         assert isinstance(collector, LocalCollector)
-                        self._account_for_hogwild_update(collector, report)
+                        self._account_for_worker_update(collector, report)
                     else:
                         self._apply_report(collector, report, flat_params, flat_gradient)
                     window.add(report)
@@ -382,7 +441,7 @@ class AsyncAlgorithmMixin:
                     collector.close()
                 finally:
                     th.set_num_threads(user_threads)
-                if hogwild:
+                if workers_apply:
                     # The learner's own copy again, of what the workers made.
                     flat_parameters_view(params)
                     if self._policy_buffers:
@@ -390,7 +449,7 @@ class AsyncAlgorithmMixin:
                         vector_to_buffers(shared_buffers, self._policy_buffers)
                 if flat_state is not None:  # the optimizer state in SB3's form again
                     flat_state.copy_to(self.policy.optimizer, params)
-                self._flat_optimizer_state = self._learner_optimizer = None
+                self._flat_optimizer_state = self._learner_optimizer = self._own_updates_collector = None
         callback.on_training_end()
         return self
 
@@ -399,21 +458,27 @@ class AsyncAlgorithmMixin:
     ) -> GradientCollector:
         """
         The collector for one ``learn()`` on the model's backend, and what applies the updates: in learner mode
-        ``_learner_optimizer``, stepping the flat optimizer state if it can; with Hogwild the
-        workers, through that state in shared memory, which the learner's parameters then view.
+        ``_learner_optimizer``, stepping the flat optimizer state if it can; in "locked" and "hogwild"
+        mode the workers, through that state in shared memory, which the learner's parameters then view.
         """
         # The optimizer steps one tensor per run of parameters, not one per parameter tensor.
         flat_state = None
         if can_flatten(self.policy.optimizer) and flat_params.device.type == "cpu":
             flat_state = FlatOptimizerState.of(self.policy.optimizer, params)
-        if self._update_mode() == "hogwild":
+        if self._update_mode() in WORKER_UPDATE_MODES:
             assert flat_state is not None, "checked at construction: the optimizer class and device='cpu'"
             steps_taken = self.num_timesteps + self._unreported_steps.n_rows
-            settings = HogwildSettings(self.lr_schedule, self.max_grad_norm, steps_taken, total_timesteps)  # type: ignore[attr-defined]
+            settings = WorkerUpdateSettings(
+                self.lr_schedule,  # type: ignore[attr-defined]
+                self.max_grad_norm,
+                steps_taken,
+                total_timesteps,
+                locked=self._update_mode() == "locked",
+            )
             # Exactly the steps the loop below waits for: on_step counts n_envs at a time.
             n_calls_left = -(-(total_timesteps - self.num_timesteps) // self.n_envs)
             step_budget = n_calls_left * self.n_envs - self._unreported_steps.n_rows
-            hogwild_collector = LocalCollector(
+            own_updates_collector = LocalCollector(
                 self._worker_spec(settings),
                 self.n_workers,
                 flat_params,
@@ -423,10 +488,11 @@ class AsyncAlgorithmMixin:
                 max_worker_restarts=self._max_worker_restarts(),
             )
             # The learner's parameters become views of the ones the workers update, so callbacks see them.
-            th.nn.utils.vector_to_parameters(hogwild_collector.shared_params, params)
+            th.nn.utils.vector_to_parameters(own_updates_collector.shared_params, params)
             self._learner_optimizer = None
             self._flat_optimizer_state = flat_state
-            return hogwild_collector
+            self._own_updates_collector = own_updates_collector
+            return own_updates_collector
         collector: GradientCollector
         if self._backend() == "ray":
             collector = RayCollector(
@@ -495,9 +561,9 @@ class AsyncAlgorithmMixin:
             collector.publish(flat_params, flat_buffers)
         self._finish_report(collector, report, applied)
 
-    def _account_for_hogwild_update(self, collector: LocalCollector, report: GradientReport) -> None:
+    def _account_for_worker_update(self, collector: LocalCollector, report: GradientReport) -> None:
         """
-        Hogwild: the worker applied its gradient itself (unless it was not finite). Do the learner's
+        The worker applied its gradient itself (unless it was not finite). Do the learner's
         share: count it, refresh what follows the parameters (a target network), merge VecNormalize
         statistics, and pass the worker the newest ones.
         """
@@ -508,6 +574,9 @@ class AsyncAlgorithmMixin:
                     vector_to_buffers(collector.shared_buffers, self._policy_buffers)
                     self._after_gradient_step(report)
                     collector.shared_buffers.copy_(buffers_to_vector(self._policy_buffers))
+            elif self._update_mode() == "locked":
+                with collector.locked():  # a target network's refresh is one update too: no copy sees half of it
+                    self._after_gradient_step(report)
             else:
                 self._after_gradient_step(report)
         self._finish_report(collector, report, bool(report.applied))

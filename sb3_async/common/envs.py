@@ -49,7 +49,6 @@ from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import (
-    DummyVecEnv,
     SubprocVecEnv,
     VecCheckNan,
     VecEnv,
@@ -60,6 +59,8 @@ from stable_baselines3.common.vec_env import (
     VecNormalize,
     VecTransposeImage,
 )
+
+from sb3_async.common.worker_vec_env import WorkerDummyVecEnv
 
 ObsStatistics = RunningMeanStd | dict[str, RunningMeanStd]
 
@@ -369,7 +370,7 @@ class EnvCopies:
         # (e.g. one per task) are all trained on. start_index counts from the learner env's
         # num_envs, which is len(pickled_envs), so the first worker env gets copy 0.
         factories = [functools.partial(self._copy, (start_index + i) % len(self.pickled_envs)) for i in range(n_envs)]
-        venv = DummyVecEnv(factories)  # type: ignore[arg-type]
+        venv = WorkerDummyVecEnv(factories)  # type: ignore[arg-type]
         # A copy carries its original's random state: without a new seed, all copies would act alike.
         first_seed = seed if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
         for i, env in enumerate(venv.envs):
@@ -407,6 +408,7 @@ class VecEnvRecipe:
             wrapper_kwargs=self.wrapper_kwargs,
             monitor_dir=self.monitor_dir,
             monitor_kwargs=self.monitor_kwargs,
+            vec_env_cls=WorkerDummyVecEnv,
         )
 
 

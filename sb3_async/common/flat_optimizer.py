@@ -4,7 +4,7 @@ step over one tensor per contiguous run of parameters, not one per parameter ten
 
 SB3 keeps (and saves) one state per parameter tensor. The learner steps the flat form during
 ``learn()`` (RMSprop for CartPole's 64x64 MLP: about 50 us instead of 210 us over its 12 tensors),
-and Hogwild workers step it in shared memory (:mod:`sb3_async.common.hogwild`).
+and workers that apply their own updates step it in shared memory (:mod:`sb3_async.common.worker_updates`).
 :class:`FlatOptimizerState` moves the state between the two forms: from the policy's optimizer when
 ``learn()`` starts, back to it when ``learn()`` ends or the model is saved. The runs are those of
 the parameters the optimizer steps: a DQN policy's target network is in the vector, not in its optimizer.

@@ -11,7 +11,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
-from sb3_async.common.async_algorithm import AsyncAlgorithmMixin, default_n_workers
+from sb3_async.common.async_algorithm import AsyncAlgorithmMixin
 from sb3_async.common.envs import dumps_for_workers
 from sb3_async.offpac.behavior import BehaviorPolicy, BehaviorSpec, CallableBehavior, make_behavior, policy_copy_on_cpu
 from sb3_async.offpac.worker import OffPACWorker
@@ -68,14 +68,19 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
     :param rms_prop_eps: RMSProp epsilon. It stabilizes square root computation in denominator
         of RMSProp update
     :param n_workers: Number of worker processes (default: the number of CPU cores available)
-    :param envs_per_worker: Number of envs each worker steps together
+    :param envs_per_worker: Number of envs each worker steps together (default: when ``env`` is a VecEnv of
+        N envs, ``N // n_workers``, at least 1, so that the workers share the user's envs; else 1)
     :param wait_for_own_update: Whether a worker waits, after handing over a gradient, until the learner
         has applied it, so that its next segment starts from parameters that include its own last update
         (the paper's implementation). With False it starts the next segment at once, with the newest
-        parameters published then (no idle round trip; see ``docs/architecture.md``)
+        parameters published then (no idle round trip; see ``docs/architecture.md``). Only for
+        ``update_mode="learner"``: workers that apply their own updates never wait
     :param update_mode: Who applies the gradients. ``"learner"``: this process, one at a time, as they
-        arrive. ``"hogwild"``: each worker, lock-free, to the shared parameters with optimizer statistics
-        shared by all workers (the paper's variant; RMSprop, Adam or AdamW, on the CPU; see ``docs/architecture.md``)
+        arrive. ``"locked"``: each worker its own, one at a time under a lock that all workers share, with
+        optimizer statistics that all workers share: the learner's semantics without a round trip to it.
+        ``"hogwild"``: each worker its own, lock-free (the paper's variant). ``"locked"`` and ``"hogwild"``
+        need RMSprop, Adam or AdamW, the CPU and the local backend. ``"auto"`` (default): ``"locked"`` where
+        it can run, else ``"learner"`` (see ``docs/architecture.md``)
     :param backend: Where the workers run. ``"local"``: processes on this machine, parameters and gradients
         in shared memory. ``"ray"``: Ray actors on the cluster that ``ray.init`` connected this process to (or
         on a local Ray that ``learn()`` starts and stops); needs ``pip install 'sb3_async[ray]'`` and
@@ -128,9 +133,9 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         use_rms_prop: bool = True,
         rms_prop_eps: float = 1e-5,
         n_workers: int | None = None,
-        envs_per_worker: int = 1,
+        envs_per_worker: int | None = None,
         wait_for_own_update: bool = True,
-        update_mode: str = "learner",
+        update_mode: str = "auto",
         backend: str = "local",
         max_worker_restarts: int = 0,
         ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None = None,
@@ -143,15 +148,18 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        self.n_workers = default_n_workers() if n_workers is None else n_workers
-        self.envs_per_worker = envs_per_worker
-        self.wait_for_own_update = wait_for_own_update
-        self.update_mode = update_mode
-        self.backend = backend
-        self.max_worker_restarts = max_worker_restarts
-        self.ray_actor_options = ray_actor_options
-        self.ray_init_kwargs = ray_init_kwargs
-        self._validate_async_arguments(n_steps)
+        self._set_async_settings(
+            env,
+            n_workers,
+            envs_per_worker,
+            wait_for_own_update,
+            update_mode,
+            backend,
+            max_worker_restarts,
+            ray_actor_options,
+            ray_init_kwargs,
+            n_steps,
+        )
         for name, value in (("rho_bar", rho_bar), ("c_bar", c_bar)):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0 (float('inf') for no truncation), got {value!r}")
@@ -166,7 +174,6 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-        self._user_env = env
         try:
             super().__init__(
                 policy,

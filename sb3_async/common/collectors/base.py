@@ -22,7 +22,7 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory, WorkerVecNormalize
-from sb3_async.common.hogwild import HogwildSettings
+from sb3_async.common.worker_updates import WorkerUpdateSettings
 
 # Gradients a worker may have handed over and not yet had answered: with wait_for_own_update=False
 # it computes its next gradient while the learner still applies the last one.
@@ -79,8 +79,8 @@ class WorkerSpec:
     # True: the paper's way, each segment starts from parameters that include the worker's own last
     # update (it waits for the learner). False: no idle round trip (see docs/architecture.md).
     wait_for_own_update: bool = True
-    # Set for update_mode="hogwild": the worker applies its own gradients (see sb3_async.common.hogwild).
-    hogwild: HogwildSettings | None = None
+    # Set for update_mode="locked" or "hogwild": the worker applies its own gradients (see sb3_async.common.worker_updates).
+    worker_updates: WorkerUpdateSettings | None = None
 
     def build_policy(self) -> BasePolicy:
         # The local copy never steps an optimizer, so its learning rate does not matter.

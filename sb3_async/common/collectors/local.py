@@ -39,11 +39,12 @@ Two ways to go on after a report (``wait_for_own_update``):
 How many updates landed between a worker's parameter copy and the application of its gradient
 (with False, its own included) is the staleness the learner logs.
 
-With ``update_mode="hogwild"`` (``WorkerSpec.hogwild`` set) a worker applies its gradient itself,
-lock-free, to the shared parameters with an optimizer state that all workers share
-(:mod:`sb3_async.common.hogwild`), then reports what it did and goes on without waiting; the
-learner only counts, calls back, logs and merges statistics. Each worker claims its segment's env
-steps from a shared budget before it applies, so exactly the steps ``learn()`` asked for are applied.
+With ``update_mode="locked"`` or ``"hogwild"`` (``WorkerSpec.worker_updates`` set) a worker applies
+its gradient itself to the shared parameters, with an optimizer state that all workers share
+(:mod:`sb3_async.common.worker_updates`): under the lock ("locked"), or lock-free ("hogwild"). It
+then reports what it did and goes on without waiting; the learner only counts, calls back, logs
+and merges statistics. Each worker claims its segment's env steps from a shared budget before it
+applies, so exactly the steps ``learn()`` asked for are applied.
 """
 
 import multiprocessing as mp
@@ -75,7 +76,7 @@ from sb3_async.common.collectors.base import (
 from sb3_async.common.envs import NormalizationStatistics, dumps_for_workers
 from sb3_async.common.flat_optimizer import FlatOptimizerState
 from sb3_async.common.forkserver import worker_context
-from sb3_async.common.hogwild import HogwildSettings
+from sb3_async.common.worker_updates import WorkerUpdateSettings
 
 # A worker that died is seen at once through its sentinel; this only bounds a wait that sees nothing.
 _WAIT_SECONDS = 1.0
@@ -103,11 +104,12 @@ class _SharedMemory:
     params: th.Tensor  # flat global parameters, written only by the learner
     params_version: th.Tensor  # int64[1]: number of updates applied so far
     gradients: th.Tensor  # [n_workers, SLOTS_PER_WORKER, n_params]: row k written only by worker k
-    lock: Any  # so that no worker copies half-written parameters (learner mode); orders Hogwild's claims
+    lock: Any  # so that no worker copies half-written parameters; orders the claims of workers that apply their own updates
     buffers: th.Tensor  # float64 [n_buffer_values]: the policy's buffers (e.g. BatchNorm statistics), as params
     buffer_changes: th.Tensor  # float64 [n_workers, SLOTS_PER_WORKER, n_buffer_values]: what each gradient's segment changed
-    # Hogwild only: the optimizer's state, stepped by every worker, and int64 [env steps claimed, budget]:
-    # a worker claims its segment's steps before it applies the gradient, and stops once the budget is spent.
+    # Workers that apply their own updates only: the optimizer's state, stepped by every worker, and int64
+    # [env steps claimed, budget]: a worker claims its segment's steps before it applies the gradient, and
+    # stops once the budget is spent.
     optimizer_state: FlatOptimizerState | None
     claims: th.Tensor
     claims_by_worker: th.Tensor  # int64 [n_workers]: what each worker claimed, to give back a dead one's unreported steps
@@ -130,10 +132,10 @@ def _worker_main(
         worker = _Worker(core, shared, report_sender)
         report_sender.send(_Ready(worker_id))
         answers = _Answers(go_receiver)
-        if spec.hogwild is None:
+        if spec.worker_updates is None:
             worker.run_learner_mode(answers)
         else:
-            worker.run_hogwild(answers, spec.hogwild)
+            worker.run_own_updates(answers, spec.worker_updates)
     except (EOFError, BrokenPipeError):
         pass  # the learner is gone: there is nobody to report to
     except BaseException:
@@ -186,12 +188,14 @@ class _Worker:
             answers.unanswered += 1
             slot = (slot + 1) % SLOTS_PER_WORKER
 
-    def run_hogwild(self, answers: "_Answers", settings: HogwildSettings) -> None:
+    def run_own_updates(self, answers: "_Answers", settings: WorkerUpdateSettings) -> None:
         """
         Apply each gradient to the shared parameters here, with the shared optimizer state, then tell
-        the learner what was done. The update takes no lock (Hogwild!), so a worker's copy may catch
-        another's update half done; the lock only orders the claim on the step budget, the version
-        count and the buffer changes, a few numbers.
+        the learner what was done, and go on without waiting for it. ``"locked"``: the update is
+        taken under the lock the copies take, so updates land one at a time and no copy sees half
+        of one. ``"hogwild"``: the update takes no lock, so a copy may catch another's update half
+        done; the lock then only orders the claim on the step budget, the version count and the
+        buffer changes, a few numbers.
         """
         shared, core = self.shared, self.core
         assert shared.optimizer_state is not None
@@ -199,6 +203,13 @@ class _Worker:
         flat_gradient = th.zeros_like(core.local_params)
         shared.optimizer_state.set_gradient(optimizer, flat_gradient)
         buffer_change = th.zeros_like(shared.buffers)
+
+        def apply(gradient_norm: float, claimed: int, n_env_steps: int) -> None:
+            clip_gradient_norm_(flat_gradient, gradient_norm, settings.max_grad_norm)
+            # As SB3's learning rate for a rollout's update: counting the rollout's own steps.
+            optimizer.param_groups[0]["lr"] = settings.lr_schedule(settings.progress_remaining(claimed + n_env_steps))
+            optimizer.step()
+
         while True:
             answers.read_those_already_sent()
             if answers.latest is _STOP:
@@ -222,12 +233,10 @@ class _Worker:
                     shared.params_version += 1
                     if core.buffers:
                         shared.buffers += buffer_change
-            if applied:
-                clip_gradient_norm_(flat_gradient, gradient_norm, settings.max_grad_norm)
-                # As SB3's learning rate for a rollout's update: counting the rollout's own steps.
-                progress_remaining = settings.progress_remaining(claimed + segment.n_env_steps)
-                optimizer.param_groups[0]["lr"] = settings.lr_schedule(progress_remaining)
-                optimizer.step()
+                    if settings.locked:
+                        apply(gradient_norm, claimed, segment.n_env_steps)
+            if applied and not settings.locked:
+                apply(gradient_norm, claimed, segment.n_env_steps)
             # A dropped gradient contributes nothing, not even its normalization statistics.
             statistics = core.new_statistics() if applied else None
             report = GradientReport(self.worker_id, params_version, segment, statistics, staleness=staleness, applied=applied)
@@ -295,8 +304,9 @@ class LocalCollector(GradientCollector):
     :param n_workers: number of worker processes
     :param initial_params: the learner's flat parameters, published to the workers at start
     :param initial_buffers: the learner's policy buffers (:func:`buffers_to_vector`), if it has any
-    :param optimizer_state: Hogwild only (``spec.hogwild`` set): the optimizer state the workers share
-    :param step_budget: Hogwild only: how many env steps the workers may take in all
+    :param optimizer_state: only when the workers apply their own updates (``spec.worker_updates`` set): the optimizer
+        state they share
+    :param step_budget: only when the workers apply their own updates: how many env steps they may take in all
     :param max_worker_restarts: how many dead workers to replace before a death is an error
     """
 
@@ -310,8 +320,8 @@ class LocalCollector(GradientCollector):
         step_budget: int = 0,
         max_worker_restarts: int = 0,
     ) -> None:
-        if (spec.hogwild is None) != (optimizer_state is None):
-            raise ValueError("Hogwild workers need the shared optimizer state, and only they use it")
+        if (spec.worker_updates is None) != (optimizer_state is None):
+            raise ValueError("workers that apply their own updates need the shared optimizer state, and only they use it")
         self.n_workers = n_workers
         self.max_worker_restarts = max_worker_restarts
         # Pickling problems surface here, before any process starts.
@@ -330,9 +340,9 @@ class LocalCollector(GradientCollector):
             claims=th.tensor([0, step_budget], dtype=th.int64).share_memory_(),
             claims_by_worker=th.zeros(n_workers, dtype=th.int64).share_memory_(),
         )
-        self.hogwild = spec.hogwild is not None
+        self.workers_apply = spec.worker_updates is not None
         self._workers: list[_WorkerProcess] = []
-        self._reported_steps = [0] * n_workers  # Hogwild: env steps each worker reported
+        self._reported_steps = [0] * n_workers  # workers that apply their own updates: env steps each reported
         self._next_to_read = 0  # where the round over the report pipes starts: no worker goes unread
         self.version = 0
         self.idle_seconds = 0.0
@@ -393,7 +403,7 @@ class LocalCollector(GradientCollector):
             break
         self.idle_seconds += time.perf_counter() - waiting_since
         assert isinstance(message, GradientReport), f"unexpected message: {message}"
-        if self.hogwild:
+        if self.workers_apply:
             self._reported_steps[message.worker_id] += message.segment.n_env_steps
         else:
             message.staleness = self.version - message.params_version
@@ -401,7 +411,7 @@ class LocalCollector(GradientCollector):
 
     @property
     def shared_params(self) -> th.Tensor:
-        """The flat parameters in shared memory: Hogwild workers update them in place."""
+        """The flat parameters in shared memory: workers that apply their own updates update them in place."""
         return self._shared.params
 
     @property
@@ -414,7 +424,7 @@ class LocalCollector(GradientCollector):
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the lock that workers take to read the parameters and buffers (or, Hogwild, to claim steps)."""
+        """Hold the lock that workers take to read the parameters and buffers (and to claim steps, or update)."""
         self._acquire_lock()
         try:
             yield
@@ -427,7 +437,7 @@ class LocalCollector(GradientCollector):
                 return  # a worker died holding it: it is ours now
 
     def stop_claims(self) -> None:
-        """Hogwild: let no worker apply another gradient (training stops)."""
+        """Let no worker apply another gradient of its own (training stops)."""
         with self.locked():
             self._shared.claims[1] = 0
 
@@ -460,7 +470,7 @@ class LocalCollector(GradientCollector):
         worker_id = died.worker_id
         old = self._workers[worker_id]
         with self.locked():  # freed, if the dead worker held it
-            if self.hogwild:
+            if self.workers_apply:
                 # Steps it claimed and never reported would otherwise stay spent: learn() would wait for them forever.
                 unreported = int(self._shared.claims_by_worker[worker_id]) - self._reported_steps[worker_id]
                 self._shared.claims[0] -= unreported
@@ -473,7 +483,7 @@ class LocalCollector(GradientCollector):
         if self._closed:
             return
         self._closed = True
-        self.stop_claims()  # no Hogwild worker applies a gradient the learner will not count
+        self.stop_claims()  # no worker applies a gradient the learner will not count
         for worker in self._workers:
             try:
                 worker.go_sender.send(_STOP)

@@ -145,8 +145,8 @@ class RayCollector(GradientCollector):
         ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None = None,
         ray_init_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if spec.hogwild is not None:
-            raise ValueError("update_mode='hogwild' shares memory between the workers, which the Ray backend cannot")
+        if spec.worker_updates is not None:
+            raise ValueError("workers that apply their own updates share memory, which the Ray backend's cannot")
         self._ray = import_ray()
         self.n_workers = n_workers
         self.max_worker_restarts = max_worker_restarts
