@@ -5,9 +5,11 @@ rounds so that machine drift hits every contestant alike; medians over rounds ar
     python benchmarks/throughput.py --rounds 3 --timesteps 100000
 
 Contestants: the bare torch A2C loop (the per-core limit), SB3 A2C, and A3C with 1 and 2 workers in
-three ways: the learner applies and each worker waits for its own update (the defaults), the
-learner applies and workers do not wait (``wait_for_own_update=False``), and workers apply their
-own gradients (``update_mode="hogwild"``).
+four ways: each worker applies its own gradient under the shared lock (``update_mode="locked"``,
+the default), the learner applies and each worker waits for its own update
+(``update_mode="learner"``, the default before issue 26), the learner applies and workers do not
+wait (``wait_for_own_update=False``), and workers apply their own gradients lock-free
+(``update_mode="hogwild"``).
 Every contestant does the same work per update: ``envs`` envs x n_steps 5, a 64x64 MLP.
 """
 
@@ -25,7 +27,8 @@ from sb3_async import A3C
 
 MODES = {
     "": dict(),
-    ", no wait": dict(wait_for_own_update=False),
+    ", learner": dict(update_mode="learner"),
+    ", learner, no wait": dict(update_mode="learner", wait_for_own_update=False),
     ", hogwild": dict(update_mode="hogwild"),
 }
 
@@ -65,6 +68,8 @@ def main() -> None:
             contestants[name] = lambda seed, n_workers=n_workers, options=options: a3c_steps_per_second(
                 n_workers, args.envs, args.timesteps, seed, **options
             )
+    same_envs = f"A3C 2 workers x {args.envs // 2} envs (as many envs as SB3 A2C)"
+    contestants[same_envs] = lambda seed: a3c_steps_per_second(2, args.envs // 2, args.timesteps, seed)
     results: dict[str, list[float]] = {name: [] for name in contestants}
     for round_index in range(args.rounds):
         for name, run in contestants.items():
@@ -76,11 +81,13 @@ def main() -> None:
     print(f"\nmedians over {args.rounds} rounds (env steps/s):")
     for name, value in median.items():
         print(f"  {name:<36} {value:>8,.0f}   ({value / bare:.2f}x bare loop)")
-    a3c = list(median.values())[2:]
+    a3c = list(median.values())[2 : 2 + 2 * len(MODES)]
     for index, mode in enumerate(MODES):
         one, two = a3c[2 * index], a3c[2 * index + 1]
-        label = mode.lstrip(", ") or "learner applies, waiting"
-        print(f"{label:<26} 1 worker / bare loop {one / bare:.2f}x (target >= 0.85), 2 workers / 1 worker {two / one:.2f}x")
+        label = mode.lstrip(", ") or "locked (default)"
+        print(f"{label:<26} 1 worker / bare loop {one / bare:.2f}x (target >= 0.9), 2 workers / 1 worker {two / one:.2f}x")
+    a2c = median[f"SB3 A2C ({args.envs} envs)"]
+    print(f"{same_envs} / SB3 A2C: {median[same_envs] / a2c:.2f}x (target >= 1.7)")
 
 
 if __name__ == "__main__":

@@ -96,27 +96,40 @@ class _LogWindow:
 class PendingSteps:
     """
     Env steps that workers reported and callbacks have not seen yet, handed out ``n`` at a time in the
-    order they arrived. Each column is kept flat: ``[rows, ...]``, a row being one env's step.
+    order they arrived. Each column is kept flat: ``[rows, ...]``, a row being one env's step. A take
+    that falls within one report's rows is views of them; only one that spans two reports copies.
     """
 
     def __init__(self) -> None:
         self.n_rows = 0
-        self._chunks: list[dict[str, Any]] = []
+        self._chunks: list[tuple[dict[str, Any], int]] = []  # (flat columns, their row count)
+        self._offset = 0  # rows of the first chunk already handed out
 
     def add(self, steps: dict[str, Any], n_rows: int) -> None:
         """Add a segment's steps (a StepLog's ``[n_steps, n_envs, ...]`` columns; empty if the worker logged none)."""
         if n_rows:
-            self._chunks.append({key: _flatten_steps(column) for key, column in steps.items()})
+            self._chunks.append(({key: _flatten_steps(column) for key, column in steps.items()}, n_rows))
             self.n_rows += n_rows
 
     def take(self, n: int) -> dict[str, Any] | None:
         """The next ``n`` rows, or None while fewer are pending."""
         if self.n_rows < n:
             return None
-        merged = {key: _concatenate([chunk[key] for chunk in self._chunks]) for key in self._chunks[0]} if self._chunks else {}
-        self._chunks = [{key: _rows(column, n, None) for key, column in merged.items()}] if self.n_rows > n else []
+        pieces, needed = [], n
+        while needed:
+            columns, n_chunk_rows = self._chunks[0]
+            stop = min(self._offset + needed, n_chunk_rows)
+            pieces.append({key: _rows(column, self._offset, stop) for key, column in columns.items()})
+            needed -= stop - self._offset
+            if stop == n_chunk_rows:
+                self._chunks.pop(0)
+                self._offset = 0
+            else:
+                self._offset = stop
         self.n_rows -= n
-        return {key: _rows(column, 0, n) for key, column in merged.items()}
+        if len(pieces) == 1:
+            return pieces[0]
+        return {key: _concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
 
 
 def _flatten_steps(column: Any) -> Any:

@@ -224,6 +224,8 @@ class WorkerCore:
         self.policy = spec.build_policy()
         self.params = list(self.policy.parameters())
         self.local_params = flat_parameters_view(self.params)
+        # backward() accumulates into views of one flat tensor: reading the gradient is one copy.
+        self.local_gradient = flat_gradient_view(self.params)
         if self.local_params.numel() != n_params:
             raise RuntimeError(f"the worker's policy has {self.local_params.numel()} parameters, the learner's {n_params}")
         self.buffers = list(self.policy.buffers())
@@ -245,12 +247,12 @@ class WorkerCore:
     def run_segment(self) -> Segment:
         """Run one segment and backpropagate its loss into the local policy's ``.grad``."""
         loss, segment = self.logic.compute_loss()
-        self.policy.zero_grad(set_to_none=True)
+        self.local_gradient.zero_()
         loss.backward()
         return segment
 
     def write_gradient(self, out: th.Tensor) -> None:
-        write_flat_gradient(self.params, out=out)
+        out.copy_(self.local_gradient)
 
     def write_buffer_change(self, out: th.Tensor) -> None:
         """How the segment changed the policy buffers (e.g. BatchNorm statistics)."""
