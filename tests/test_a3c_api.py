@@ -344,3 +344,24 @@ def test_a_worker_waits_for_its_own_update_only_in_the_papers_mode(wait_for_own_
         # It starts its next segment at once, and never runs more than its two gradient slots ahead.
         assert staleness_max in (1, 2)
     assert model._n_updates == model.num_timesteps // 5
+
+
+def test_the_learner_builds_step_locals_only_when_a_callback_may_read_them(tmp_path, monkeypatch, no_leaks):
+    from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback, StopTrainingOnRewardThreshold
+
+    from sb3_async.common.async_algorithm import AsyncAlgorithmMixin, reads_step_locals
+
+    sb3_only = [
+        CheckpointCallback(10_000, str(tmp_path)),
+        EvalCallback(make_vec_env("CartPole-v1"), callback_on_new_best=StopTrainingOnRewardThreshold(500), eval_freq=10**6),
+    ]
+    built = []
+    original = AsyncAlgorithmMixin._callback_locals
+    monkeypatch.setattr(AsyncAlgorithmMixin, "_callback_locals", lambda self, *args: built.append(1) or original(self, *args))
+    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+    model.learn(500, callback=sb3_only, progress_bar=True)
+    assert built == [] and not reads_step_locals(None)
+    counter = CountingCallback()  # a user's callback: it may read self.locals, and gets them
+    model.learn(500, callback=[*sb3_only, counter])
+    assert len(built) == counter.n_calls > 0
+    assert model.ep_info_buffer, "episode statistics are kept either way"

@@ -222,8 +222,9 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
         self._steps_since_target_update += report.segment.n_env_steps
         if self._steps_since_target_update >= self.target_update_interval:
             self._steps_since_target_update %= self.target_update_interval
-            polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), 1.0)
-            polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)  # as DQN does
+            with self._writing_shared_parameters():
+                polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), 1.0)
+                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)  # as DQN does
             self.target_updates += 1
             self.logger.record("train/target_updates", self.target_updates)
         # What predict(deterministic=False) uses, as SB3's DQN: here the workers' mean epsilon.

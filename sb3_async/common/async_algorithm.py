@@ -15,7 +15,18 @@ import gymnasium as gym
 from gymnasium import spaces
 import numpy as np
 import torch as th
-from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
+from stable_baselines3.common.callbacks import (
+    BaseCallback,
+    CallbackList,
+    CheckpointCallback,
+    EvalCallback,
+    EventCallback,
+    EveryNTimesteps,
+    LogEveryNTimesteps,
+    ProgressBarCallback,
+    StopTrainingOnNoModelImprovement,
+    StopTrainingOnRewardThreshold,
+)
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import MaybeCallback, TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.utils import obs_as_tensor
@@ -76,6 +87,31 @@ class AsyncProgressBarCallback(ProgressBarCallback):
     def _on_step(self) -> bool:
         self.pbar.update(self.model.n_envs)
         return True
+
+
+# SB3's callbacks whose on_step reads nothing of ``self.locals`` (exactly these classes: a subclass may).
+_CALLBACKS_THAT_IGNORE_LOCALS = (
+    CallbackList,
+    AsyncProgressBarCallback,
+    CheckpointCallback,
+    EvalCallback,
+    EveryNTimesteps,
+    LogEveryNTimesteps,
+    StopTrainingOnNoModelImprovement,
+    StopTrainingOnRewardThreshold,
+)
+
+
+def reads_step_locals(callback: BaseCallback | None) -> bool:
+    """Whether any callback in the tree under ``callback`` may read ``self.locals`` at ``on_step``."""
+    if callback is None:
+        return False
+    if type(callback) not in _CALLBACKS_THAT_IGNORE_LOCALS:
+        return True
+    children = callback.callbacks if isinstance(callback, CallbackList) else []
+    if isinstance(callback, EventCallback):
+        children = [callback.callback]
+    return any(reads_step_locals(child) for child in children)
 
 
 @dataclass
@@ -181,6 +217,8 @@ class AsyncAlgorithmMixin:
     _flat_optimizer_state: FlatOptimizerState | None = None
     _learner_optimizer: th.optim.Optimizer | None = None
     _own_updates_collector: LocalCollector | None = None
+    # During learn(): whether a callback may read self.locals at on_step (else the learner builds none).
+    _callbacks_read_locals = True
 
     def _set_async_settings(
         self,
@@ -363,6 +401,7 @@ class AsyncAlgorithmMixin:
             "_flat_optimizer_state",
             "_learner_optimizer",
             "_own_updates_collector",
+            "_callbacks_read_locals",
         ]
         return [*super()._excluded_save_params(), *excluded]  # type: ignore[misc]
 
@@ -426,6 +465,7 @@ class AsyncAlgorithmMixin:
         with sigterm_raises_system_exit():
             try:
                 callback.on_training_start(locals(), globals())
+                self._callbacks_read_locals = reads_step_locals(callback)
                 th.set_num_threads(1)
                 collector.start()
                 while self.num_timesteps < total_timesteps:
@@ -547,6 +587,20 @@ class AsyncAlgorithmMixin:
     def _after_gradient_step(self, report: GradientReport) -> None:
         """Called after each applied gradient, before the new parameters are published (e.g. to refresh a target network)."""
 
+    @contextmanager
+    def _writing_shared_parameters(self) -> Iterator[None]:
+        """
+        Around a write of the learner into the parameters (a target network's refresh): in "locked"
+        mode, where the workers' copies read them straight from shared memory, it takes their lock, so
+        that no copy sees half of it; elsewhere it does nothing (learner mode publishes afterwards).
+        """
+        collector = self._own_updates_collector
+        if collector is not None and self._update_mode() == "locked" and not self._policy_buffers:
+            with collector.locked():
+                yield
+        else:  # with policy buffers, _account_for_worker_update already holds the lock
+            yield
+
     def _apply_report(
         self, collector: GradientCollector, report: GradientReport, flat_params: th.Tensor, flat_gradient: th.Tensor
     ) -> None:
@@ -587,9 +641,6 @@ class AsyncAlgorithmMixin:
                     vector_to_buffers(collector.shared_buffers, self._policy_buffers)
                     self._after_gradient_step(report)
                     collector.shared_buffers.copy_(buffers_to_vector(self._policy_buffers))
-            elif self._update_mode() == "locked":
-                with collector.locked():  # a target network's refresh is one update too: no copy sees half of it
-                    self._after_gradient_step(report)
             else:
                 self._after_gradient_step(report)
         self._finish_report(collector, report, bool(report.applied))
@@ -603,6 +654,8 @@ class AsyncAlgorithmMixin:
         else:
             # A dropped update contributes nothing, not even its normalization statistics.
             self.dropped_updates += 1
+        if self._update_mode() in WORKER_UPDATE_MODES and self._vec_normalize_env is None:
+            return  # such a worker waits for no answer, and takes its progress from the step budget itself
         collector.release(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
 
     def _run_callbacks(self, callback: BaseCallback, report: GradientReport) -> bool:
@@ -618,7 +671,8 @@ class AsyncAlgorithmMixin:
         n_calls, n_episodes = 0, 0
         while (step := self._unreported_steps.take(self.n_envs)) is not None:
             self.num_timesteps += self.n_envs
-            callback.update_locals(self._callback_locals(step, callback, n_calls, n_episodes))
+            if self._callbacks_read_locals:  # else nobody would read what SB3's loop has in locals()
+                callback.update_locals(self._callback_locals(step, callback, n_calls, n_episodes))
             n_calls += 1
             if not callback.on_step():
                 continue_training = False

@@ -204,8 +204,7 @@ class _Worker:
         shared.optimizer_state.set_gradient(optimizer, flat_gradient)
         buffer_change = th.zeros_like(shared.buffers)
 
-        def apply(gradient_norm: float, claimed: int, n_env_steps: int) -> None:
-            clip_gradient_norm_(flat_gradient, gradient_norm, settings.max_grad_norm)
+        def apply(claimed: int, n_env_steps: int) -> None:
             # As SB3's learning rate for a rollout's update: counting the rollout's own steps.
             optimizer.param_groups[0]["lr"] = settings.lr_schedule(settings.progress_remaining(claimed + n_env_steps))
             optimizer.step()
@@ -222,6 +221,8 @@ class _Worker:
             core.write_buffer_change(buffer_change)
             gradient_norm = flat_gradient.norm().item()
             applied = np.isfinite(gradient_norm) and bool(th.isfinite(buffer_change).all())
+            if applied:  # before the lock: the lock is every other worker's wait
+                clip_gradient_norm_(flat_gradient, gradient_norm, settings.max_grad_norm)
             with shared.lock:
                 claimed, budget = (int(value) for value in shared.claims.tolist())
                 if claimed >= budget:  # learn() has all the steps it asked for, or was stopped
@@ -234,9 +235,9 @@ class _Worker:
                     if core.buffers:
                         shared.buffers += buffer_change
                     if settings.locked:
-                        apply(gradient_norm, claimed, segment.n_env_steps)
+                        apply(claimed, segment.n_env_steps)
             if applied and not settings.locked:
-                apply(gradient_norm, claimed, segment.n_env_steps)
+                apply(claimed, segment.n_env_steps)
             # A dropped gradient contributes nothing, not even its normalization statistics.
             statistics = core.new_statistics() if applied else None
             report = GradientReport(self.worker_id, params_version, segment, statistics, staleness=staleness, applied=applied)
