@@ -120,6 +120,9 @@ def test_logger_keys(backend, no_leaks):
     assert logged["async/staleness_max"] >= logged["async/staleness_mean"] >= 0
     assert logged["async/dropped_updates"] == 0
     assert logged["async/worker_restarts"] == 0
+    # How the run was set up, "auto" resolved: the workers apply their updates wherever they can.
+    assert (logged["async/n_workers"], logged["async/envs_per_worker"]) == (2, 1)
+    assert logged["async/update_mode"] == ("learner" if backend == "ray" else "locked")
 
 
 def test_continue_learning(no_leaks):

@@ -47,6 +47,7 @@ from sb3_async.common.collectors import (
 from sb3_async.common.collectors.base import check_restarts
 from sb3_async.common.collectors.ray_backend import RayCollector, check_actor_options, import_ray
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
+from sb3_async.common.forkserver import start_server_in_background
 from sb3_async.common.flat_optimizer import FLAT_OPTIMIZERS, FlatOptimizerState, can_flatten
 from sb3_async.common.torch_layers import small_image_policy_kwargs
 from sb3_async.common.worker_updates import UPDATE_MODES, WORKER_UPDATE_MODES, WorkerUpdateSettings, check_shared_optimizer
@@ -330,6 +331,8 @@ class AsyncAlgorithmMixin:
         if self.env is not None:
             self._worker_env_factory()
             self._check_worker_setup()
+            if self._backend() == "local":
+                start_server_in_background()  # the first learn() then finds the workers' server ready
         if init_setup_model:
             self._setup_model()  # type: ignore[attr-defined]
 
@@ -722,3 +725,5 @@ class AsyncAlgorithmMixin:
         self.logger.record("async/dropped_updates", self.dropped_updates)
         self.logger.record("async/worker_restarts", self.worker_restarts)
         self.logger.record("async/n_workers", self.n_workers, exclude="tensorboard")
+        self.logger.record("async/envs_per_worker", self.envs_per_worker, exclude="tensorboard")
+        self.logger.record("async/update_mode", self._update_mode(), exclude=("tensorboard", "csv"))

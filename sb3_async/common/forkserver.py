@@ -72,6 +72,16 @@ if "forkserver" in mp.get_all_start_methods():  # not on Windows
         Process = _Process  # type: ignore[assignment]
 
 
+def start_server_in_background() -> None:
+    """
+    Start sb3_async's forkserver now, if there is one to start, without waiting for it: its preload
+    (about 2 s, mostly importing torch._dynamo) then runs on another core while the model is built,
+    instead of in the first ``learn()``.
+    """
+    if "forkserver" in mp.get_all_start_methods():
+        _the_server().ensure_running()
+
+
 def worker_context() -> mp.context.BaseContext:
     """The context workers start with: sb3_async's forkserver where there is one (Linux, macOS), else ``spawn``."""
     if "forkserver" in mp.get_all_start_methods():
