@@ -350,7 +350,12 @@ def test_a_worker_waits_for_its_own_update_only_in_the_papers_mode(wait_for_own_
 
 
 def test_the_learner_builds_step_locals_only_when_a_callback_may_read_them(tmp_path, monkeypatch, no_leaks):
-    from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback, StopTrainingOnRewardThreshold
+    from stable_baselines3.common.callbacks import (
+        CallbackList,
+        CheckpointCallback,
+        EvalCallback,
+        StopTrainingOnRewardThreshold,
+    )
 
     from sb3_async.common.async_algorithm import AsyncAlgorithmMixin, reads_step_locals
 
@@ -367,4 +372,6 @@ def test_the_learner_builds_step_locals_only_when_a_callback_may_read_them(tmp_p
     counter = CountingCallback()  # a user's callback: it may read self.locals, and gets them
     model.learn(500, callback=[*sb3_only, counter])
     assert len(built) == counter.n_calls > 0
+    nested = EvalCallback(make_vec_env("CartPole-v1"), callback_on_new_best=CountingCallback(), eval_freq=10**6)
+    assert reads_step_locals(nested) and reads_step_locals(CallbackList([CheckpointCallback(10, str(tmp_path)), nested]))
     assert model.ep_info_buffer, "episode statistics are kept either way"

@@ -109,9 +109,9 @@ def reads_step_locals(callback: BaseCallback | None) -> bool:
         return False
     if type(callback) not in _CALLBACKS_THAT_IGNORE_LOCALS:
         return True
-    children = callback.callbacks if isinstance(callback, CallbackList) else []
-    if isinstance(callback, EventCallback):
-        children = [callback.callback]
+    children: list[BaseCallback | None] = list(callback.callbacks) if isinstance(callback, CallbackList) else []
+    if isinstance(callback, EventCallback):  # EvalCallback's callback_after_eval, and its callback_on_new_best
+        children = [callback.callback, getattr(callback, "callback_on_new_best", None)]
     return any(reads_step_locals(child) for child in children)
 
 
