@@ -12,7 +12,7 @@ from stable_baselines3.common.envs import SimpleMultiObsEnv
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_async import A3C
+from sb3_async import A3C, AsyncQLearning, OffPolicyAC
 from sb3_async.a3c.worker import A3CWorker, LeanA3CWorker, RecurrentA3CWorker
 
 N_STEPS = 8
@@ -132,3 +132,26 @@ class BatchNormExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: th.Tensor) -> th.Tensor:
         return self.net(observations)
+
+
+@pytest.mark.parametrize("algo_class", [OffPolicyAC, AsyncQLearning])
+def test_workers_walk_the_modules_for_the_training_mode_only_when_a_module_depends_on_it(algo_class):
+    def calls_per_segment(policy_kwargs: dict) -> int:
+        model = algo_class(
+            "MlpPolicy", "CartPole-v1", n_workers=1, envs_per_worker=2, seed=0, device="cpu", policy_kwargs=policy_kwargs
+        )
+        spec = model._worker_spec()
+        logic_class, logic_kwargs = model._worker_logic()
+        env = spec.env_factory.build(0, spec.normalization)
+        policy = spec.build_policy()
+        logic = logic_class(env, policy, 0, **logic_kwargs)
+        calls = []
+        original = policy.set_training_mode
+        policy.set_training_mode = lambda mode: calls.append(mode) or original(mode)
+        loss, _ = logic.compute_loss()
+        assert th.isfinite(loss)
+        env.close()
+        return len(calls)
+
+    assert calls_per_segment({}) == 0
+    assert calls_per_segment(dict(features_extractor_class=BatchNormExtractor)) >= 2

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from sb3_async.common.collectors import Segment, WorkerLogic
-from sb3_async.common.rollout import StepLog, actions_for_env, bootstrap_truncations, truncations
+from sb3_async.common.rollout import StepLog, actions_for_env, bootstrap_truncations, mode_dependent_module, truncations
 
 
 def a3c_loss(
@@ -180,10 +180,9 @@ def lean_rollout_applies(policy: ActorCriticPolicy, use_sde: bool, rollout_buffe
         return "gSDE samples its noise matrix through the rollout"
     if rollout_buffer_class not in (None, RolloutBuffer, DictRolloutBuffer):
         return f"a custom rollout_buffer_class ({rollout_buffer_class.__name__}) may compute returns its own way"
-    mode_dependent = (th.nn.modules.batchnorm._BatchNorm, th.nn.modules.dropout._DropoutNd)
-    for name, module in policy.named_modules():
-        if isinstance(module, mode_dependent):
-            return f"{name} ({type(module).__name__}) acts differently in training and evaluation mode"
+    module = mode_dependent_module(policy)
+    if module is not None:
+        return f"{module} acts differently in training and evaluation mode"
     return None
 
 

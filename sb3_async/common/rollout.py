@@ -9,6 +9,24 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 
 
+def mode_dependent_module(policy: th.nn.Module) -> str | None:
+    """
+    The name of the first module of ``policy`` whose output depends on the training mode (BatchNorm,
+    Dropout), or None: then ``set_training_mode`` changes nothing, and a worker need not walk the
+    modules twice a segment to call it.
+    """
+    for name, module in policy.named_modules():
+        if isinstance(module, (th.nn.modules.batchnorm._BatchNorm, th.nn.modules.dropout._DropoutNd)):
+            return f"{name} ({type(module).__name__})"
+    return None
+
+
+def set_training_mode_if_it_matters(policy: BasePolicy, mode: bool, matters: bool) -> None:
+    """SB3's ``policy.set_training_mode(mode)``, skipped where no module depends on it (``matters`` False)."""
+    if matters:
+        policy.set_training_mode(mode)
+
+
 def actions_for_env(actions: np.ndarray, action_space: spaces.Space, policy: BasePolicy) -> np.ndarray:
     """What the env is given for the policy's ``actions``: rescaled if squashed, else clipped to the bounds."""
     if not isinstance(action_space, spaces.Box):
