@@ -29,7 +29,7 @@ from stable_baselines3.common.vec_env import VecEnvWrapper
 
 from bare_a2c_loop import bare_a2c_steps_per_second
 from sb3_async import A3C
-from sb3_async.common.collectors import GradientReport, clip_gradient_norm_, flat_parameters_view, write_flat_gradient
+from sb3_async.common.collectors import GradientReport, clip_gradient_norm_, flat_gradient_view, flat_parameters_view
 from sb3_async.common.collectors.base import prepare_worker_process
 from sb3_async.common.flat_optimizer import FlatOptimizerState
 
@@ -76,6 +76,7 @@ def in_process_timeline(n_envs: int, seconds: float, seed: int) -> dict[str, flo
     policy = spec.build_policy()
     params = list(policy.parameters())
     local_params = flat_parameters_view(params)
+    local_gradient = flat_gradient_view(params)  # as WorkerCore: backward() accumulates into it
     flat_gradient = th.zeros_like(local_params)
     logic_class, logic_kwargs = model._worker_logic()
     logic = logic_class(env, policy, 0, **logic_kwargs)
@@ -107,10 +108,10 @@ def in_process_timeline(n_envs: int, seconds: float, seed: int) -> dict[str, flo
         t1 = time.perf_counter()
         loss, segment = logic.compute_loss()
         t2 = time.perf_counter()
-        policy.zero_grad(set_to_none=True)
+        local_gradient.zero_()
         loss.backward()
         t3 = time.perf_counter()
-        write_flat_gradient(params, out=flat_gradient)
+        flat_gradient.copy_(local_gradient)
         gradient_norm = flat_gradient.norm().item()
         t4 = time.perf_counter()
         with lock:

@@ -1,6 +1,6 @@
 """What an A3C worker does between two parameter syncs: n_steps in its envs, then the A3C loss (feed-forward or LSTM)."""
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
@@ -58,6 +58,8 @@ class A3CWorker(WorkerLogic):
     """
 
     policy: ActorCriticPolicy
+    # Whether the segment goes through an SB3 rollout buffer (LeanA3CWorker's does not).
+    uses_rollout_buffer: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -78,23 +80,25 @@ class A3CWorker(WorkerLogic):
         super().__init__(env, policy, worker_id)
         self.n_steps = n_steps
         self.gamma = gamma
+        self.gae_lambda = gae_lambda
         self.ent_coef = ent_coef
         self.vf_coef = vf_coef
         self.normalize_advantage = normalize_advantage
         self.use_sde = use_sde
         self.sde_sample_freq = sde_sample_freq
-        if rollout_buffer_class is None:
-            rollout_buffer_class = DictRolloutBuffer if isinstance(env.observation_space, spaces.Dict) else RolloutBuffer
-        self.rollout_buffer = rollout_buffer_class(
-            n_steps,
-            env.observation_space,  # type: ignore[arg-type]
-            env.action_space,
-            device="cpu",
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            n_envs=env.num_envs,
-            **rollout_buffer_kwargs,
-        )
+        if self.uses_rollout_buffer:
+            if rollout_buffer_class is None:
+                rollout_buffer_class = DictRolloutBuffer if isinstance(env.observation_space, spaces.Dict) else RolloutBuffer
+            self.rollout_buffer = rollout_buffer_class(
+                n_steps,
+                env.observation_space,  # type: ignore[arg-type]
+                env.action_space,
+                device="cpu",
+                gamma=gamma,
+                gae_lambda=gae_lambda,
+                n_envs=env.num_envs,
+                **rollout_buffer_kwargs,
+            )
         self._last_obs = env.reset()
         self._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
         self.step_log = StepLog(n_steps)
@@ -199,19 +203,10 @@ class LeanA3CWorker(A3CWorker):
     training-mode walks (no module here depends on the mode).
     """
 
+    uses_rollout_buffer = False
+
     def __init__(self, env: VecEnv, policy: ActorCriticPolicy, worker_id: int, **kwargs: Any) -> None:
-        kwargs["rollout_buffer_class"] = None
-        WorkerLogic.__init__(self, env, policy, worker_id)
-        self.n_steps = kwargs["n_steps"]
-        self.gamma = kwargs["gamma"]
-        self.gae_lambda = kwargs["gae_lambda"]
-        self.ent_coef = kwargs["ent_coef"]
-        self.vf_coef = kwargs["vf_coef"]
-        self.normalize_advantage = kwargs["normalize_advantage"]
-        self.use_sde = False
-        self._last_obs = env.reset()
-        self._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
-        self.step_log = StepLog(self.n_steps)
+        super().__init__(env, policy, worker_id, **kwargs)
         policy.set_training_mode(True)  # once: no module depends on it (lean_rollout_applies)
 
     def compute_loss(self) -> tuple[th.Tensor, Segment]:

@@ -15,7 +15,7 @@ from stable_baselines3.dqn.policies import DQNPolicy
 
 from sb3_async.async_q.loss import n_step_targets, q_learning_loss
 from sb3_async.common.collectors import Segment, WorkerLogic
-from sb3_async.common.rollout import StepLog, mode_dependent_module, set_training_mode_if_it_matters, truncations
+from sb3_async.common.rollout import StepLog, mode_dependent_module, truncations
 
 Observations = np.ndarray | dict[str, np.ndarray]
 
@@ -62,6 +62,7 @@ class AsyncQWorker(WorkerLogic):
         self._last_obs: Observations = env.reset()  # type: ignore[assignment]
         self._next_actions: np.ndarray | None = None
         self.step_log = StepLog(train_freq)
+        # set_training_mode walks every module: worth it only where one depends on the mode.
         self._mode_matters = mode_dependent_module(policy) is not None
 
     def epsilon_greedy(self, observations: th.Tensor | dict[str, th.Tensor], epsilon: float) -> np.ndarray:
@@ -78,7 +79,8 @@ class AsyncQWorker(WorkerLogic):
     def compute_loss(self) -> tuple[th.Tensor, Segment]:
         env, n_envs = self.env, self.env.num_envs
         epsilon = self.exploration_schedule(self.progress_remaining)
-        set_training_mode_if_it_matters(self.policy, False, self._mode_matters)
+        if self._mode_matters:
+            self.policy.set_training_mode(False)
         observations = [obs_as_tensor(self._last_obs, "cpu")]
         if self._next_actions is None or not self.keeps_next_action:
             self._next_actions = self.epsilon_greedy(observations[0], epsilon)
@@ -119,7 +121,8 @@ class AsyncQWorker(WorkerLogic):
             self.gamma,
             self.n_steps,
         )
-        set_training_mode_if_it_matters(self.policy, True, self._mode_matters)
+        if self._mode_matters:
+            self.policy.set_training_mode(True)
         q_values = self.policy.q_net(states).gather(1, taken.view(-1, 1)).flatten()
         loss = q_learning_loss(q_values, targets.flatten())
         stats: dict[str, Any] = {

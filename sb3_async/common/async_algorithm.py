@@ -48,9 +48,15 @@ from sb3_async.common.collectors.base import check_restarts
 from sb3_async.common.collectors.ray_backend import RayCollector, check_actor_options, import_ray
 from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
 from sb3_async.common.forkserver import start_server_in_background
-from sb3_async.common.flat_optimizer import FLAT_OPTIMIZERS, FlatOptimizerState, can_flatten
+from sb3_async.common.flat_optimizer import FlatOptimizerState, can_flatten
 from sb3_async.common.torch_layers import small_image_policy_kwargs
-from sb3_async.common.worker_updates import UPDATE_MODES, WORKER_UPDATE_MODES, WorkerUpdateSettings, check_shared_optimizer
+from sb3_async.common.worker_updates import (
+    UPDATE_MODES,
+    WORKER_UPDATE_MODES,
+    WorkerUpdateSettings,
+    can_share_optimizer,
+    check_shared_optimizer,
+)
 
 
 def default_n_workers() -> int:
@@ -290,8 +296,7 @@ class AsyncAlgorithmMixin:
         requested = self._requested_update_mode()
         if requested != "auto":
             return requested
-        optimizer_class = self.policy_kwargs.get("optimizer_class", th.optim.Adam)  # type: ignore[attr-defined]
-        shareable = isinstance(optimizer_class, type) and issubclass(optimizer_class, FLAT_OPTIMIZERS)
+        shareable = can_share_optimizer(self.policy_kwargs.get("optimizer_class", th.optim.Adam))  # type: ignore[attr-defined]
         on_cpu = self.device.type == "cpu"  # type: ignore[attr-defined]
         return "locked" if self._backend() == "local" and shareable and on_cpu else "learner"
 
@@ -657,8 +662,8 @@ class AsyncAlgorithmMixin:
         else:
             # A dropped update contributes nothing, not even its normalization statistics.
             self.dropped_updates += 1
-        if self._update_mode() in WORKER_UPDATE_MODES and self._vec_normalize_env is None:
-            return  # such a worker waits for no answer, and takes its progress from the step budget itself
+        if self._own_updates_collector is not None and self._vec_normalize_env is None:
+            return  # a worker that applies its own updates waits for no answer, and takes its progress from the budget
         collector.release(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
 
     def _run_callbacks(self, callback: BaseCallback, report: GradientReport) -> bool:

@@ -21,12 +21,6 @@ def mode_dependent_module(policy: th.nn.Module) -> str | None:
     return None
 
 
-def set_training_mode_if_it_matters(policy: BasePolicy, mode: bool, matters: bool) -> None:
-    """SB3's ``policy.set_training_mode(mode)``, skipped where no module depends on it (``matters`` False)."""
-    if matters:
-        policy.set_training_mode(mode)
-
-
 def actions_for_env(actions: np.ndarray, action_space: spaces.Space, policy: BasePolicy) -> np.ndarray:
     """What the env is given for the policy's ``actions``: rescaled if squashed, else clipped to the bounds."""
     if not isinstance(action_space, spaces.Box):

@@ -27,9 +27,14 @@ UPDATE_MODES = ("learner", "locked", "hogwild")
 WORKER_UPDATE_MODES = ("locked", "hogwild")
 
 
+def can_share_optimizer(optimizer_class: Any) -> bool:
+    """Whether workers can step one state of ``optimizer_class`` in shared memory (its state is updated in place)."""
+    return isinstance(optimizer_class, type) and issubclass(optimizer_class, FLAT_OPTIMIZERS)
+
+
 def check_shared_optimizer(optimizer_class: type, update_mode: str) -> None:
     """Raise ValueError for an optimizer whose state cannot be shared between workers."""
-    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, FLAT_OPTIMIZERS)):
+    if not can_share_optimizer(optimizer_class):
         names = ", ".join(f"th.optim.{cls.__name__}" for cls in FLAT_OPTIMIZERS)
         raise ValueError(
             f"update_mode={update_mode!r} shares the optimizer's statistics between worker processes, which works for "

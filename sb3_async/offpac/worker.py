@@ -29,7 +29,6 @@ from sb3_async.common.rollout import (
     actions_for_env,
     bootstrap_truncations,
     mode_dependent_module,
-    set_training_mode_if_it_matters,
 )
 from sb3_async.offpac.behavior import BehaviorPolicy
 from sb3_async.offpac.loss import OffPolicySegment, off_policy_ac_loss
@@ -164,10 +163,12 @@ class OffPACWorker(WorkerLogic):
         self._rng = np.random.default_rng(np.random.randint(2**31))
         self._last_obs: Observations = env.reset()  # type: ignore[assignment]
         self.step_log = StepLog(n_steps)
+        # set_training_mode walks every module: worth it only where one depends on the mode.
         self._mode_matters = mode_dependent_module(policy) is not None
 
     def compute_loss(self) -> tuple[th.Tensor, Segment]:
-        set_training_mode_if_it_matters(self.policy, True, self._mode_matters)
+        if self._mode_matters:
+            self.policy.set_training_mode(True)
         if self.memory is not None and self._replay_credit >= 1.0 and self.memory.n_transitions >= self.replay_starts:
             self._replay_credit -= 1.0
             replayed = self.memory.sample(self.replay_trajectories, self._rng)
@@ -185,7 +186,8 @@ class OffPACWorker(WorkerLogic):
 
     def _act_one_segment(self) -> OffPolicySegment:
         env, policy = self.env, self.policy
-        set_training_mode_if_it_matters(policy, False, self._mode_matters)
+        if self._mode_matters:
+            policy.set_training_mode(False)
         observations, actions, rewards, dones, behavior_log_probs = [self._last_obs], [], [], [], []
         for step in range(self.n_steps):
             # gSDE, as SB3 samples it: a new noise matrix per segment, or every sde_sample_freq steps.
@@ -210,7 +212,8 @@ class OffPACWorker(WorkerLogic):
             behavior_log_probs.append(step_log_probs)
             observations.append(new_obs)
             self._last_obs = new_obs
-        set_training_mode_if_it_matters(policy, True, self._mode_matters)
+        if self._mode_matters:
+            policy.set_training_mode(True)
 
         def stack(rows: list) -> th.Tensor:
             return th.as_tensor(np.stack(rows))
