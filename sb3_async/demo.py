@@ -61,8 +61,8 @@ def main() -> None:
     ratio = a3c_result[2] / a2c_result[2]
     print(
         f"\nA3C took {ratio:.2f}x SB3 A2C's wall-clock time ({'faster' if ratio < 1 else 'slower'}), evaluation "
-        f"included, to a 20-episode evaluation mean of {THRESHOLD:g} (or the budget). One seed on this machine; "
-        f"medians over seeds: docs/benchmarks.md."
+        f"included, to a 20-episode evaluation mean of {THRESHOLD:g} (or the budget). One run: A3C's workers race, so "
+        f"its steps differ from run to run even with a seed; medians over seeds: docs/benchmarks.md."
     )
 
 
