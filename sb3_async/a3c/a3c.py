@@ -60,9 +60,12 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
         If ``None``, it will be automatically selected.
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation.
     :param normalize_advantage: Whether to normalize or not the advantage
-    :param n_workers: Number of worker processes (default: the number of CPU cores available)
+    :param n_workers: Number of worker processes (default: the number of CPU cores available). ``"auto"``:
+        the constructor runs a worker's loop for about a second and starts more workers than cores when a
+        worker's env leaves its core idle (a slow simulator, a socket); see ``docs/a3c.md``
     :param envs_per_worker: Number of envs each worker steps together (default: when ``env`` is a VecEnv of
-        N envs, ``N // n_workers``, at least 1, so that the workers share the user's envs; else 1)
+        N envs, ``N // n_workers``, at least 1, so that the workers share the user's envs; else 1).
+        ``"auto"``: the fewest envs that amortize a gradient's fixed cost, measured as for ``n_workers``
     :param wait_for_own_update: Whether a worker waits, after handing over a gradient, until the learner
         has applied it, so that its next segment starts from parameters that include its own last update
         (the paper's implementation). With False it starts the next segment at once, with the newest
@@ -128,8 +131,8 @@ class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
         rollout_buffer_class: type[RolloutBuffer] | None = None,
         rollout_buffer_kwargs: dict[str, Any] | None = None,
         normalize_advantage: bool = False,
-        n_workers: int | None = None,
-        envs_per_worker: int | None = None,
+        n_workers: int | str | None = None,
+        envs_per_worker: int | str | None = None,
         wait_for_own_update: bool = True,
         update_mode: str = "auto",
         backend: str = "local",

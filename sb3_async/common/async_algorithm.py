@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gymnasium as gym
@@ -50,6 +50,14 @@ from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
 from sb3_async.common.forkserver import start_server_in_background
 from sb3_async.common.flat_optimizer import FlatOptimizerState, can_flatten
 from sb3_async.common.torch_layers import small_image_policy_kwargs
+from sb3_async.common.worker_layout import (
+    AUTO,
+    PROBE_SECONDS,
+    PROBED_ENVS_PER_WORKER,
+    WorkerLayout,
+    choose_layout,
+    measure_gradient_costs,
+)
 from sb3_async.common.worker_updates import (
     UPDATE_MODES,
     WORKER_UPDATE_MODES,
@@ -57,6 +65,10 @@ from sb3_async.common.worker_updates import (
     can_share_optimizer,
     check_shared_optimizer,
 )
+
+
+def _n_envs_of(env: Any) -> int:
+    return env.num_envs if isinstance(env, VecEnv) else 1
 
 
 def default_n_workers() -> int:
@@ -226,12 +238,16 @@ class AsyncAlgorithmMixin:
     _own_updates_collector: LocalCollector | None = None
     # During learn(): whether a callback may read self.locals at on_step (else the learner builds none).
     _callbacks_read_locals = True
+    # What the constructor was given for n_workers and envs_per_worker (``"auto"`` is resolved at its end),
+    # and what "auto" measured and chose (a dict of :class:`WorkerLayout`), saved with the model.
+    _requested_layout: tuple[int | str | None, int | str | None] = (None, None)
+    auto_layout: dict[str, Any] | None = None
 
     def _set_async_settings(
         self,
         env: Any,
-        n_workers: int | None,
-        envs_per_worker: int | None,
+        n_workers: int | str | None,
+        envs_per_worker: int | str | None,
         wait_for_own_update: bool,
         update_mode: str,
         backend: str,
@@ -245,19 +261,30 @@ class AsyncAlgorithmMixin:
         before any process starts. By default one worker per core, and the envs of a VecEnv the
         user passed shared among them (``make_vec_env(MyEnv, n_envs=8)`` on 2 cores: 2 workers x 4
         envs), so that swapping A2C for A3C keeps the envs and the samples per update the user chose.
+        ``"auto"`` is measured at the end of the constructor (:meth:`_choose_worker_layout`): until
+        then, the defaults stand in.
         """
-        self.n_workers = default_n_workers() if n_workers is None else n_workers
-        if envs_per_worker is None:
-            n_envs = env.num_envs if isinstance(env, VecEnv) else 1
+        for name, value in (("n_workers", n_workers), ("envs_per_worker", envs_per_worker)):
+            if isinstance(value, str) and value != AUTO:
+                raise ValueError(f"{name} must be an integer >= 1, None or {AUTO!r}, got {value!r}")
+        self._requested_layout = (n_workers, envs_per_worker)
+        self.auto_layout = None
+        self.n_workers = default_n_workers() if n_workers in (None, AUTO) else n_workers  # type: ignore[assignment]
+        if envs_per_worker in (None, AUTO):
             valid_n_workers = isinstance(self.n_workers, (int, np.integer)) and self.n_workers >= 1  # else refused below
-            envs_per_worker = max(1, n_envs // self.n_workers) if valid_n_workers else 1
-        self.envs_per_worker = envs_per_worker
+            envs_per_worker = max(1, _n_envs_of(env) // self.n_workers) if valid_n_workers else 1
+        self.envs_per_worker = envs_per_worker  # type: ignore[assignment]
         self.wait_for_own_update = wait_for_own_update
         self.update_mode = update_mode
         self.backend = backend
         self.max_worker_restarts = max_worker_restarts
         self.ray_actor_options = ray_actor_options
         self.ray_init_kwargs = ray_init_kwargs
+        if AUTO in self._requested_layout and self._backend() != "local":
+            raise ValueError(
+                f"n_workers={AUTO!r} and envs_per_worker={AUTO!r} measure this machine's cores, not a Ray cluster's: "
+                f"give both as numbers with backend={self._backend()!r}"
+            )
         self._validate_async_arguments(n_steps)
         self._user_env = env
 
@@ -340,6 +367,38 @@ class AsyncAlgorithmMixin:
                 start_server_in_background()  # the first learn() then finds the workers' server ready
         if init_setup_model:
             self._setup_model()  # type: ignore[attr-defined]
+            if AUTO in self._requested_layout and self.env is not None:
+                self._choose_worker_layout()
+
+    def _choose_worker_layout(self) -> None:
+        """
+        ``n_workers="auto"`` / ``envs_per_worker="auto"``: run a worker's loop for about a second in
+        a probe process, then lay the workers out for the cores (:mod:`sb3_async.common.worker_layout`).
+        Here rather than in ``learn()``: ``n_envs`` (which callbacks and the user read) is then right from the start.
+        """
+        requested_workers, requested_envs = self._requested_layout
+        auto_workers, auto_envs = requested_workers == AUTO, requested_envs == AUTO
+        n_steps = getattr(self, "n_steps", 1)
+        user_envs = _n_envs_of(self._user_env) if requested_envs is None else None  # shared among the workers chosen
+        probed = list(PROBED_ENVS_PER_WORKER) if auto_envs else [self.envs_per_worker]
+        n_params = sum(param.numel() for param in self.policy.parameters())  # type: ignore[attr-defined]
+        costs = measure_gradient_costs(self._worker_spec(), n_params, probed, PROBE_SECONDS)
+        layout = choose_layout(
+            costs,
+            cores=default_n_workers(),
+            n_steps=n_steps,
+            envs_per_worker=None if auto_envs else self.envs_per_worker,
+            n_envs=user_envs,
+        )
+        if auto_workers:
+            self.n_workers = layout.n_workers
+        if auto_envs or user_envs is not None:
+            self.envs_per_worker = layout.envs_per_worker
+        self.n_envs = self.n_workers * self.envs_per_worker
+        self.auto_layout = replace(layout, n_workers=self.n_workers, envs_per_worker=self.envs_per_worker).as_dict()
+        self._requested_layout = (self.n_workers, self.envs_per_worker)
+        if self.verbose >= 1:  # type: ignore[attr-defined]
+            print(f"{type(self).__name__}: {AUTO!r} chose {WorkerLayout(**self.auto_layout).describe()}")
 
     def _check_worker_setup(self) -> None:
         """Raise ValueError now for an algorithm-specific setting the workers could not use."""
@@ -410,6 +469,7 @@ class AsyncAlgorithmMixin:
             "_learner_optimizer",
             "_own_updates_collector",
             "_callbacks_read_locals",
+            "_requested_layout",
         ]
         return [*super()._excluded_save_params(), *excluded]  # type: ignore[misc]
 

@@ -67,9 +67,12 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
     :param use_rms_prop: Whether to use RMSprop (default) or Adam as optimizer
     :param rms_prop_eps: RMSProp epsilon. It stabilizes square root computation in denominator
         of RMSProp update
-    :param n_workers: Number of worker processes (default: the number of CPU cores available)
+    :param n_workers: Number of worker processes (default: the number of CPU cores available). ``"auto"``:
+        the constructor runs a worker's loop for about a second and starts more workers than cores when a
+        worker's env leaves its core idle (a slow simulator, a socket); see ``docs/a3c.md``
     :param envs_per_worker: Number of envs each worker steps together (default: when ``env`` is a VecEnv of
-        N envs, ``N // n_workers``, at least 1, so that the workers share the user's envs; else 1)
+        N envs, ``N // n_workers``, at least 1, so that the workers share the user's envs; else 1).
+        ``"auto"``: the fewest envs that amortize a gradient's fixed cost, measured as for ``n_workers``
     :param wait_for_own_update: Whether a worker waits, after handing over a gradient, until the learner
         has applied it, so that its next segment starts from parameters that include its own last update
         (the paper's implementation). With False it starts the next segment at once, with the newest
@@ -132,8 +135,8 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
         sde_sample_freq: int = -1,
         use_rms_prop: bool = True,
         rms_prop_eps: float = 1e-5,
-        n_workers: int | None = None,
-        envs_per_worker: int | None = None,
+        n_workers: int | str | None = None,
+        envs_per_worker: int | str | None = None,
         wait_for_own_update: bool = True,
         update_mode: str = "auto",
         backend: str = "local",
