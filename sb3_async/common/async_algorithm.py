@@ -50,6 +50,7 @@ from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
 from sb3_async.common.forkserver import start_server_in_background
 from sb3_async.common.flat_optimizer import FlatOptimizerState, can_flatten
 from sb3_async.common.torch_layers import small_image_policy_kwargs
+from sb3_async.common.update_paths import LearnerApplies, UpdatePath, WorkersApply
 from sb3_async.common.worker_layout import (
     AUTO,
     PROBE_SECONDS,
@@ -231,11 +232,8 @@ class AsyncAlgorithmMixin:
     ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None
     ray_init_kwargs: dict[str, Any] | None
     _user_env: Any
-    # During learn(): the optimizer state laid out flat (shared with workers that apply their own updates),
-    # what steps it here, and the collector whose workers apply their own updates, if they do.
-    _flat_optimizer_state: FlatOptimizerState | None = None
-    _learner_optimizer: th.optim.Optimizer | None = None
-    _own_updates_collector: LocalCollector | None = None
+    # During learn(): who applies the updates (the learner, or the workers), with the optimizer state and the collector.
+    _update_path: UpdatePath | None = None
     # During learn(): whether a callback may read self.locals at on_step (else the learner builds none).
     _callbacks_read_locals = True
     # What the constructor was given for n_workers and envs_per_worker (``"auto"`` is resolved at its end),
@@ -465,9 +463,7 @@ class AsyncAlgorithmMixin:
             "_user_env",
             "_unreported_steps",
             "_policy_buffers",
-            "_flat_optimizer_state",
-            "_learner_optimizer",
-            "_own_updates_collector",
+            "_update_path",
             "_callbacks_read_locals",
             "_requested_layout",
         ]
@@ -475,17 +471,14 @@ class AsyncAlgorithmMixin:
 
     def get_parameters(self) -> dict[str, dict]:
         """SB3's ``get_parameters``; during ``learn()`` (a callback saving, say), with the optimizer state stepped then."""
-        if self._flat_optimizer_state is None:
+        path = self._update_path
+        if path is None:
             return super().get_parameters()  # type: ignore[misc]
-        if self._own_updates_collector is None:
-            self._flat_optimizer_state.copy_to(self.policy.optimizer, list(self.policy.parameters()))  # type: ignore[attr-defined]
-            return super().get_parameters()  # type: ignore[misc]
-        # The tensors are views of the shared parameters, which the workers go on writing: save a
-        # snapshot, or th.save may write other bytes than those its checksum covered (a corrupt file).
-        # Under the lock, the "locked" workers' updates are either in it whole or not at all.
-        with self._own_updates_collector.locked():
-            self._flat_optimizer_state.copy_to(self.policy.optimizer, list(self.policy.parameters()))  # type: ignore[attr-defined]
-            return copy.deepcopy(super().get_parameters())  # type: ignore[misc]
+        with path.snapshot():
+            path.optimizer_state_to_sb3()
+            parameters = super().get_parameters()  # type: ignore[misc]
+            # Where the workers apply, the tensors are views of the parameters they go on updating: copy them now.
+            return copy.deepcopy(parameters) if path.workers_apply else parameters
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         if progress_bar:
@@ -524,12 +517,9 @@ class AsyncAlgorithmMixin:
         # The learner's ops are tiny; idle intra-op threads would only spin on the workers' cores.
         user_threads = th.get_num_threads()
         self._policy_buffers = list(self.policy.buffers())
-        workers_apply = self._update_mode() in WORKER_UPDATE_MODES
-        collector = self._make_collector(total_timesteps, params, flat_params, flat_gradient)
-        flat_state = self._flat_optimizer_state
+        path = self._update_path = self._start_update_path(total_timesteps, flat_params, flat_gradient)
+        collector = path.collector
         restarts_before = getattr(self, "worker_restarts", 0)
-        # When the workers apply their own updates: where their buffers are, still readable after the collector closes.
-        shared_buffers = collector.shared_buffers if isinstance(collector, LocalCollector) else None
         with sigterm_raises_system_exit():
             try:
                 callback.on_training_start(locals(), globals())
@@ -542,11 +532,11 @@ class AsyncAlgorithmMixin:
                     steps_taken = self.num_timesteps + self._unreported_steps.n_rows + report.segment.n_env_steps
                     self._update_current_progress_remaining(steps_taken, total_timesteps)
                     self.worker_restarts = restarts_before + collector.restarts
-                    if workers_apply:
-                        assert isinstance(collector, LocalCollector)
-                        self._account_for_worker_update(collector, report)
+                    if isinstance(path, WorkersApply):
+                        self._account_for_worker_update(path, report)
                     else:
-                        self._apply_report(collector, report, flat_params, flat_gradient)
+                        assert isinstance(path, LearnerApplies)
+                        self._apply_report(path, report, flat_params, flat_gradient)
                     window.add(report)
                     if not self._run_callbacks(callback, report):
                         break
@@ -559,90 +549,52 @@ class AsyncAlgorithmMixin:
                             window = _LogWindow(idle_seconds_at_start=collector.idle_seconds)
             finally:
                 try:
-                    collector.close()
+                    path.close()  # the workers stop; the policy and its optimizer are SB3's again
                 finally:
                     th.set_num_threads(user_threads)
-                if workers_apply:
-                    # The learner's own copy again, of what the workers made.
-                    flat_parameters_view(params)
-                    if self._policy_buffers:
-                        assert shared_buffers is not None
-                        vector_to_buffers(shared_buffers, self._policy_buffers)
-                if flat_state is not None:  # the optimizer state in SB3's form again
-                    flat_state.copy_to(self.policy.optimizer, params)
-                self._flat_optimizer_state = self._learner_optimizer = self._own_updates_collector = None
+                    self._update_path = None
         callback.on_training_end()
         return self
 
-    def _make_collector(
-        self, total_timesteps: int, params: list[th.nn.Parameter], flat_params: th.Tensor, flat_gradient: th.Tensor
-    ) -> GradientCollector:
+    def _start_update_path(self, total_timesteps: int, flat_params: th.Tensor, flat_gradient: th.Tensor) -> UpdatePath:
         """
-        The collector for one ``learn()`` on the model's backend, and what applies the updates: in learner mode
-        ``_learner_optimizer``, stepping the flat optimizer state if it can; in "locked" and "hogwild"
-        mode the workers, through that state in shared memory, which the learner's parameters then view.
+        The collector for one ``learn()`` on the model's backend, inside what applies its updates:
+        the learner (``update_mode="learner"``), stepping the flat optimizer state if it can; or, in
+        "locked" and "hogwild" mode, the workers, through that state in shared memory.
         """
+        params = list(self.policy.parameters())
         # The optimizer steps one tensor per run of parameters, not one per parameter tensor.
         flat_state = None
         if can_flatten(self.policy.optimizer) and flat_params.device.type == "cpu":
             flat_state = FlatOptimizerState.of(self.policy.optimizer, params)
+        buffers = buffers_to_vector(self._policy_buffers)
         if self._update_mode() in WORKER_UPDATE_MODES:
             assert flat_state is not None, "checked at construction: the optimizer class and device='cpu'"
             steps_taken = self.num_timesteps + self._unreported_steps.n_rows
-            settings = WorkerUpdateSettings(
-                self.lr_schedule,  # type: ignore[attr-defined]
-                self.max_grad_norm,
-                steps_taken,
-                total_timesteps,
-                locked=self._update_mode() == "locked",
-            )
-            # Exactly the steps the loop below waits for: on_step counts n_envs at a time.
+            locked = self._update_mode() == "locked"
+            settings = WorkerUpdateSettings(self.lr_schedule, self.max_grad_norm, steps_taken, total_timesteps, locked=locked)  # type: ignore[attr-defined]
+            # Exactly the steps the loop of learn() waits for: on_step counts n_envs at a time.
             n_calls_left = -(-(total_timesteps - self.num_timesteps) // self.n_envs)
             step_budget = n_calls_left * self.n_envs - self._unreported_steps.n_rows
-            own_updates_collector = LocalCollector(
-                self._worker_spec(settings),
-                self.n_workers,
-                flat_params,
-                buffers_to_vector(self._policy_buffers),
-                flat_state,
-                step_budget,
-                max_worker_restarts=self._max_worker_restarts(),
-            )
-            # The learner's parameters become views of the ones the workers update, so callbacks see them.
-            th.nn.utils.vector_to_parameters(own_updates_collector.shared_params, params)
-            self._learner_optimizer = None
-            self._flat_optimizer_state = flat_state
-            self._own_updates_collector = own_updates_collector
-            return own_updates_collector
-        collector: GradientCollector
+            spec, restarts = self._worker_spec(settings), self._max_worker_restarts()
+            collector = LocalCollector(spec, self.n_workers, flat_params, buffers, flat_state, step_budget, restarts)
+            return WorkersApply(collector, self.policy, flat_state, locked)
+        transport: GradientCollector
         if self._backend() == "ray":
-            collector = RayCollector(
+            transport = RayCollector(
                 self._worker_spec(),
                 self.n_workers,
                 flat_params,
-                buffers_to_vector(self._policy_buffers),
+                buffers,
                 max_worker_restarts=self._max_worker_restarts(),
                 ray_actor_options=self.ray_actor_options,
                 ray_init_kwargs=self.ray_init_kwargs,
             )
         else:
-            collector = LocalCollector(
-                self._worker_spec(),
-                self.n_workers,
-                flat_params,
-                buffers_to_vector(self._policy_buffers),
-                max_worker_restarts=self._max_worker_restarts(),
+            transport = LocalCollector(
+                self._worker_spec(), self.n_workers, flat_params, buffers, max_worker_restarts=self._max_worker_restarts()
             )
-        if flat_state is not None:
-            self._learner_optimizer = flat_state.optimizer_over(flat_params)
-            flat_state.set_gradient(self._learner_optimizer, flat_gradient)
-        else:
-            self._learner_optimizer = self.policy.optimizer
-            for group in self._learner_optimizer.param_groups:
-                if group.get("foreach") is None:
-                    group["foreach"] = True  # same update, one kernel per op for all tensors
-        self._flat_optimizer_state = flat_state
-        return collector
+        return LearnerApplies(transport, self.policy, flat_state, flat_params, flat_gradient)
 
     def _dump_iteration_logs(self, iteration: int) -> None:
         """SB3's ``dump_logs`` of the base class: on-policy algorithms take the iteration, off-policy ones do not."""
@@ -662,29 +614,28 @@ class AsyncAlgorithmMixin:
         mode, where the workers' copies read them straight from shared memory, it takes their lock, so
         that no copy sees half of it; elsewhere it does nothing (learner mode publishes afterwards).
         """
-        collector = self._own_updates_collector
-        if collector is not None and self._update_mode() == "locked" and not self._policy_buffers:
-            with collector.locked():
-                yield
-        else:  # with policy buffers, _account_for_worker_update already holds the lock
+        if self._update_path is None:
             yield
+        else:
+            with self._update_path.writing():
+                yield
 
     def _apply_report(
-        self, collector: GradientCollector, report: GradientReport, flat_params: th.Tensor, flat_gradient: th.Tensor
+        self, path: LearnerApplies, report: GradientReport, flat_params: th.Tensor, flat_gradient: th.Tensor
     ) -> None:
         """
         Apply one worker's gradient (unless it is not finite), add its change to the policy buffers
         (e.g. BatchNorm statistics) to the learner's, publish, and let the worker go on.
         """
+        collector = path.collector
         flat_gradient.copy_(collector.gradient(report))
         gradient_norm = flat_gradient.norm().item()
         buffer_change = collector.buffer_change(report) if self._policy_buffers else None
         applied = np.isfinite(gradient_norm) and (buffer_change is None or bool(th.isfinite(buffer_change).all()))
         if applied:
             clip_gradient_norm_(flat_gradient, gradient_norm, self.max_grad_norm)
-            assert self._learner_optimizer is not None
-            self._update_learning_rate([self.policy.optimizer, self._learner_optimizer])
-            self._learner_optimizer.step()
+            self._update_learning_rate([self.policy.optimizer, path.optimizer])
+            path.optimizer.step()
             flat_buffers = None
             if buffer_change is not None:
                 # Added, not copied: each worker's change counts once, however stale, as its gradient does.
@@ -694,9 +645,9 @@ class AsyncAlgorithmMixin:
             if flat_buffers is not None:  # a target network's copy of them, if the step above made one
                 flat_buffers = buffers_to_vector(self._policy_buffers)
             collector.publish(flat_params, flat_buffers)
-        self._finish_report(collector, report, applied)
+        self._finish_report(path, report, applied)
 
-    def _account_for_worker_update(self, collector: LocalCollector, report: GradientReport) -> None:
+    def _account_for_worker_update(self, path: WorkersApply, report: GradientReport) -> None:
         """
         The worker applied its gradient itself (unless it was not finite). Do the learner's
         share: count it, refresh what follows the parameters (a target network), merge VecNormalize
@@ -705,15 +656,15 @@ class AsyncAlgorithmMixin:
         if report.applied:
             self._update_learning_rate(self.policy.optimizer)  # what the workers use, logged as in learner mode
             if self._policy_buffers:
-                with collector.locked():  # workers add their buffer changes under it
-                    vector_to_buffers(collector.shared_buffers, self._policy_buffers)
+                with path.holding_lock():  # workers add their buffer changes under it
+                    vector_to_buffers(path.shared_buffers, self._policy_buffers)
                     self._after_gradient_step(report)
-                    collector.shared_buffers.copy_(buffers_to_vector(self._policy_buffers))
+                    path.shared_buffers.copy_(buffers_to_vector(self._policy_buffers))
             else:
                 self._after_gradient_step(report)
-        self._finish_report(collector, report, bool(report.applied))
+        self._finish_report(path, report, bool(report.applied))
 
-    def _finish_report(self, collector: GradientCollector, report: GradientReport, applied: bool) -> None:
+    def _finish_report(self, path: UpdatePath, report: GradientReport, applied: bool) -> None:
         """Count the update (or the dropped one), merge its VecNormalize statistics, and answer its worker."""
         if applied:
             self._n_updates += 1
@@ -722,9 +673,9 @@ class AsyncAlgorithmMixin:
         else:
             # A dropped update contributes nothing, not even its normalization statistics.
             self.dropped_updates += 1
-        if self._own_updates_collector is not None and self._vec_normalize_env is None:
+        if path.workers_apply and self._vec_normalize_env is None:
             return  # a worker that applies its own updates waits for no answer, and takes its progress from the budget
-        collector.release(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
+        path.collector.release(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
 
     def _run_callbacks(self, callback: BaseCallback, report: GradientReport) -> bool:
         """
