@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-learner bench-ray bench-offpac bench-async-q results results-slow-envs results-minatar clean
+.PHONY: demo test lint typecheck bench bench-learner bench-ray bench-offpac bench-async-q results results-slow-envs results-minatar clean
 
 .venv-demo/.done: setup.py
 	$(PYTHON) -m venv .venv-demo
@@ -29,6 +29,10 @@ test: .venv-test/.done
 lint: .venv-test/.done
 	.venv-test/bin/ruff check .
 	.venv-test/bin/ruff format --check .
+
+# mypy with SB3's settings (setup.cfg's [mypy]) on the package.
+typecheck: .venv-test/.done
+	.venv-test/bin/mypy sb3_async
 
 bench: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python throughput.py && ../.venv-test/bin/python time_to_solve.py

@@ -38,6 +38,7 @@ setup(
             "pytest",
             "pytest-timeout",
             "ruff>=0.5.6",
+            "mypy>=1.8",
             "gymnasium[box2d]",
             "ale-py",
             "opencv-python-headless",

@@ -78,7 +78,8 @@ def train_and_evaluate(model: BaseAlgorithm, timesteps: int, seed: int) -> Run:
     model.learn(timesteps, callback=stop, progress_bar=True)
     seconds = time.perf_counter() - started
     mean, std = evaluate_policy(model, make_vec_env(ENV_ID, n_envs=1, seed=2000 + seed), n_eval_episodes=20)
-    return Run(float(mean), float(std), seconds, stop.eval_seconds, model.num_timesteps)
+    assert isinstance(mean, float) and isinstance(std, float)  # not return_episode_rewards: the mean and its std
+    return Run(mean, std, seconds, stop.eval_seconds, model.num_timesteps)
 
 
 def main() -> None:
@@ -98,7 +99,7 @@ def main() -> None:
         order = list(contestants) if seed % 2 == 0 else list(reversed(contestants))
         for name in order:
             model = contestants[name](seed)
-            if name == "A3C":
+            if isinstance(model, A3C):
                 setup = f"{model.n_workers} workers x {model.envs_per_worker} envs, update_mode={model._update_mode()!r}"
             else:
                 setup = "8 envs, rl-zoo settings: SB3's defaults"

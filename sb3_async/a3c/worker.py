@@ -9,12 +9,21 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from sb3_async.common.collectors import Segment, WorkerLogic
-from sb3_async.common.rollout import StepLog, actions_for_env, bootstrap_truncations, mode_dependent_module, truncations
+from sb3_async.common.rollout import (
+    CPU,
+    StepLog,
+    as_observations,
+    actions_for_env,
+    bootstrap_truncations,
+    mode_dependent_module,
+    truncations,
+)
 
 
 def a3c_loss(
@@ -91,7 +100,7 @@ class A3CWorker(WorkerLogic):
                 rollout_buffer_class = DictRolloutBuffer if isinstance(env.observation_space, spaces.Dict) else RolloutBuffer
             self.rollout_buffer = rollout_buffer_class(
                 n_steps,
-                env.observation_space,  # type: ignore[arg-type]
+                env.observation_space,
                 env.action_space,
                 device="cpu",
                 gamma=gamma,
@@ -99,7 +108,7 @@ class A3CWorker(WorkerLogic):
                 n_envs=env.num_envs,
                 **rollout_buffer_kwargs,
             )
-        self._last_obs = env.reset()
+        self._last_obs = as_observations(env.reset())
         self._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
         self.step_log = StepLog(n_steps)
 
@@ -108,7 +117,7 @@ class A3CWorker(WorkerLogic):
         self.policy.set_training_mode(True)
         batch = next(self.rollout_buffer.get(batch_size=None))
         values, log_prob, entropy = self.policy.evaluate_actions(
-            batch.observations,  # type: ignore[arg-type]
+            batch.observations,
             _actions_for_loss(batch.actions, self.env.action_space),
         )
         loss, stats = a3c_loss(
@@ -135,7 +144,7 @@ class A3CWorker(WorkerLogic):
             if self.use_sde and self.sde_sample_freq > 0 and step % self.sde_sample_freq == 0:
                 policy.reset_noise(env.num_envs)
             with th.no_grad():
-                actions_tensor, values, log_probs = self._act(obs_as_tensor(self._last_obs, "cpu"))  # type: ignore[arg-type]
+                actions_tensor, values, log_probs = self._act(obs_as_tensor(self._last_obs, CPU))
             actions = actions_tensor.numpy()
             clipped_actions = actions_for_env(actions, env.action_space, policy)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
@@ -155,7 +164,7 @@ class A3CWorker(WorkerLogic):
             if isinstance(env.action_space, spaces.Discrete):
                 actions = actions.reshape(-1, 1)
             buffer.add(self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
-            self._last_obs = new_obs
+            self._last_obs = as_observations(new_obs)
             self._last_episode_starts = dones
 
         with th.no_grad():
@@ -166,13 +175,13 @@ class A3CWorker(WorkerLogic):
     def _start_segment(self) -> None:
         pass
 
-    def _act(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    def _act(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         return self.policy(obs)
 
     def _bootstrap_truncations(self, infos: list[dict], dones: np.ndarray, rewards: np.ndarray) -> None:
         bootstrap_truncations(infos, dones, rewards, self.policy, self.gamma)
 
-    def _values(self, obs: th.Tensor, dones: np.ndarray) -> th.Tensor:
+    def _values(self, obs: PyTorchObs, dones: np.ndarray) -> th.Tensor:
         return self.policy.predict_values(obs)
 
 
@@ -228,7 +237,7 @@ class LeanA3CWorker(A3CWorker):
                 infos=infos,
             )
             episode_starts[step] = self._last_episode_starts
-            self._last_obs = new_obs
+            self._last_obs = as_observations(new_obs)
             self._last_episode_starts = dones
         steps = self.step_log.pop()
         n_rows = self.n_steps * env.num_envs
@@ -243,8 +252,8 @@ class LeanA3CWorker(A3CWorker):
         observations = _concatenate_observations(
             [_rows_of(steps["obs_tensor"]), new_obs, *(_one_row(obs, steps["obs_tensor"]) for _, _, obs in truncated)]
         )
-        features = policy.extract_features(obs_as_tensor(observations, "cpu"))  # type: ignore[arg-type]
-        if policy.share_features_extractor:
+        features = policy.extract_features(obs_as_tensor(observations, CPU))
+        if isinstance(features, th.Tensor):  # one features extractor shared by both heads
             latent_pi = policy.mlp_extractor.forward_actor(features[:n_rows])
             latent_vf = policy.mlp_extractor.forward_critic(features)
         else:
@@ -361,7 +370,7 @@ class RecurrentA3CWorker(A3CWorker):
             else flat(buffer.observations)
         )
         values, log_prob, entropy = self.policy.evaluate_actions(
-            obs_as_tensor(observations, "cpu"),  # type: ignore[arg-type]
+            obs_as_tensor(observations, CPU),  # type: ignore[arg-type]  # sb3-contrib: obs typed as a Tensor
             _actions_for_loss(th.as_tensor(flat(buffer.actions)), self.env.action_space),
             self.segment_start_states,
             th.as_tensor(flat(buffer.episode_starts)).flatten(),
@@ -386,7 +395,7 @@ class RecurrentA3CWorker(A3CWorker):
             (states.pi[0] * keep, states.pi[1] * keep), (states.vf[0] * keep, states.vf[1] * keep)
         )
 
-    def _act(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    def _act(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         episode_starts = th.as_tensor(self._last_episode_starts, dtype=th.float32)
         actions, values, log_probs, self.lstm_states = self.policy(obs, self.lstm_states, episode_starts)
         return actions, values, log_probs
@@ -395,10 +404,11 @@ class RecurrentA3CWorker(A3CWorker):
         # A truncated episode's last observation is valued from the states that followed its last step.
         for idx, terminal_observation in truncations(infos, dones):
             terminal_obs = self.policy.obs_to_tensor(terminal_observation)[0]
-            terminal_states = tuple(state[:, idx : idx + 1].contiguous() for state in self.lstm_states.vf)
+            hidden, cell = self.lstm_states.vf
+            terminal_states = (hidden[:, idx : idx + 1].contiguous(), cell[:, idx : idx + 1].contiguous())
             with th.no_grad():
-                terminal_value = self.policy.predict_values(terminal_obs, terminal_states, th.zeros(1))  # type: ignore[arg-type]
+                terminal_value = self.policy.predict_values(terminal_obs, terminal_states, th.zeros(1))  # type: ignore[arg-type]  # sb3-contrib: obs typed as a Tensor
             rewards[idx] += self.gamma * terminal_value[0].item()
 
-    def _values(self, obs: th.Tensor, dones: np.ndarray) -> th.Tensor:
-        return self.policy.predict_values(obs, self.lstm_states.vf, th.as_tensor(dones, dtype=th.float32))
+    def _values(self, obs: PyTorchObs, dones: np.ndarray) -> th.Tensor:
+        return self.policy.predict_values(obs, self.lstm_states.vf, th.as_tensor(dones, dtype=th.float32))  # type: ignore[arg-type]  # sb3-contrib: obs typed as a Tensor

@@ -98,6 +98,9 @@ class AsyncQLearning(AsyncAlgorithmMixin, DQN):
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
+    # Env steps per env per gradient: the workers' segment length, never converted to SB3's TrainFreq.
+    train_freq: int
+
     worker_class: ClassVar[type[AsyncQWorker]] = AsyncQWorker
     policy: DQNPolicy
 
@@ -277,7 +280,10 @@ def _check_exploration(
     """The final epsilons and their probabilities as tuples, or a ValueError that says what is wrong."""
     if not 0 < fraction <= 1:
         raise ValueError(f"exploration_fraction must be in (0, 1], got {fraction!r}")
-    finals = (float(final_eps),) if np.isscalar(final_eps) else tuple(float(eps) for eps in final_eps)  # type: ignore[union-attr]
+    if isinstance(final_eps, (int, float, np.integer, np.floating)):
+        finals: tuple[float, ...] = (float(final_eps),)
+    else:
+        finals = tuple(float(eps) for eps in final_eps)
     if not finals or not all(0 <= eps <= 1 for eps in (initial_eps, *finals)):
         raise ValueError(f"exploration rates must lie in [0, 1], got initial {initial_eps!r} and final {final_eps!r}")
     if final_eps_probs is None:

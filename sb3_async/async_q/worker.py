@@ -15,9 +15,7 @@ from stable_baselines3.dqn.policies import DQNPolicy
 
 from sb3_async.async_q.loss import n_step_targets, q_learning_loss
 from sb3_async.common.collectors import Segment, WorkerLogic
-from sb3_async.common.rollout import StepLog, mode_dependent_module, truncations
-
-Observations = np.ndarray | dict[str, np.ndarray]
+from sb3_async.common.rollout import CPU, StepLog, as_observations, mode_dependent_module, truncations
 
 
 def _concatenate(batches: list[th.Tensor | dict[str, th.Tensor]]) -> th.Tensor | dict[str, th.Tensor]:
@@ -59,7 +57,7 @@ class AsyncQWorker(WorkerLogic):
         self.gamma = gamma
         self.exploration_schedule = exploration_schedules[worker_id]
         self.n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
-        self._last_obs: Observations = env.reset()  # type: ignore[assignment]
+        self._last_obs = as_observations(env.reset())
         self._next_actions: np.ndarray | None = None
         self.step_log = StepLog(train_freq)
         # set_training_mode walks every module: worth it only where one depends on the mode.
@@ -81,13 +79,14 @@ class AsyncQWorker(WorkerLogic):
         epsilon = self.exploration_schedule(self.progress_remaining)
         if self._mode_matters:
             self.policy.set_training_mode(False)
-        observations = [obs_as_tensor(self._last_obs, "cpu")]
+        observations = [obs_as_tensor(self._last_obs, CPU)]
         if self._next_actions is None or not self.keeps_next_action:
             self._next_actions = self.epsilon_greedy(observations[0], epsilon)
         actions, rewards, episode_ends = [], [], []
         for _ in range(self.train_freq):
             actions.append(self._next_actions)
-            new_obs, reward, dones, infos = env.step(self._next_actions)
+            step_obs, reward, dones, infos = env.step(self._next_actions)
+            new_obs = as_observations(step_obs)
             # What DQN's collect_rollouts hands its callbacks (the env's reward, before the bootstrap below).
             self.step_log.add(
                 actions=self._next_actions,
@@ -104,7 +103,7 @@ class AsyncQWorker(WorkerLogic):
                 reward[idx] += (
                     self.gamma * self.bootstrap_values(terminal_obs, self.epsilon_greedy(terminal_obs, epsilon)).item()
                 )
-            observations.append(obs_as_tensor(new_obs, "cpu"))
+            observations.append(obs_as_tensor(new_obs, CPU))
             self._next_actions = self.epsilon_greedy(observations[-1], epsilon)
             rewards.append(reward)
             episode_ends.append(dones)

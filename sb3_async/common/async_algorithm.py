@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -212,7 +212,13 @@ def _rows(column: Any, start: int, stop: int | None) -> Any:
     return column[start:stop]
 
 
-class AsyncAlgorithmMixin:
+if TYPE_CHECKING:  # to the type checker, the mixin is what it is mixed into: an SB3 algorithm, whose attributes it uses
+    from stable_baselines3.common.base_class import BaseAlgorithm as _Host
+else:
+    _Host = object
+
+
+class AsyncAlgorithmMixin(_Host):
     """
     The learner half of an asynchronous algorithm: ``learn()`` starts the workers of an
     :class:`~sb3_async.common.collectors.GradientCollector`, applies each gradient as it arrives
@@ -225,7 +231,7 @@ class AsyncAlgorithmMixin:
     # Set by the algorithm's __init__ (these annotations document the contract).
     n_workers: int
     envs_per_worker: int
-    max_grad_norm: float | None
+    max_grad_norm: float
     update_mode: str
     backend: str
     max_worker_restarts: int
@@ -321,8 +327,8 @@ class AsyncAlgorithmMixin:
         requested = self._requested_update_mode()
         if requested != "auto":
             return requested
-        shareable = can_share_optimizer(self.policy_kwargs.get("optimizer_class", th.optim.Adam))  # type: ignore[attr-defined]
-        on_cpu = self.device.type == "cpu"  # type: ignore[attr-defined]
+        shareable = can_share_optimizer(self.policy_kwargs.get("optimizer_class", th.optim.Adam))
+        on_cpu = self.device.type == "cpu"
         return "locked" if self._backend() == "local" and shareable and on_cpu else "learner"
 
     def _backend(self) -> str:
@@ -339,23 +345,23 @@ class AsyncAlgorithmMixin:
         (and whatever else :meth:`_check_worker_setup` checks); build the model.
         """
         supported = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Dict)
-        if self.env is not None and not isinstance(self.observation_space, supported):  # type: ignore[attr-defined]
-            raise ValueError(f"{type(self).__name__} does not support observation space {self.observation_space}")  # type: ignore[attr-defined]
-        if self.env is not None:  # type: ignore[attr-defined]
+        if self.env is not None and not isinstance(self.observation_space, supported):
+            raise ValueError(f"{type(self).__name__} does not support observation space {self.observation_space}")
+        if self.env is not None:
             # NatureCNN cannot read images under 36x36 (MinAtar's are 10x10): MinAtar's own network instead.
-            policy_kwargs = small_image_policy_kwargs(self.policy_class, self.observation_space, self.policy_kwargs)  # type: ignore[attr-defined]
-            if policy_kwargs is not self.policy_kwargs and self.verbose >= 1:  # type: ignore[attr-defined]
-                print(f"Using MinAtarCNN as features extractor: {self.observation_space} is too small for NatureCNN")  # type: ignore[attr-defined]
+            policy_kwargs = small_image_policy_kwargs(self.policy_class, self.observation_space, self.policy_kwargs)
+            if policy_kwargs is not self.policy_kwargs and self.verbose >= 1:
+                print(f"Using MinAtarCNN as features extractor: {self.observation_space} is too small for NatureCNN")
             self.policy_kwargs = policy_kwargs
-        if use_rms_prop and "optimizer_class" not in self.policy_kwargs:  # type: ignore[attr-defined]
-            self.policy_kwargs["optimizer_class"] = th.optim.RMSprop  # type: ignore[attr-defined]
-            self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)  # type: ignore[attr-defined]
+        if use_rms_prop and "optimizer_class" not in self.policy_kwargs:
+            self.policy_kwargs["optimizer_class"] = th.optim.RMSprop
+            self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)
         if self._requested_update_mode() in WORKER_UPDATE_MODES:
-            check_shared_optimizer(self.policy_kwargs.get("optimizer_class", th.optim.Adam), self._update_mode())  # type: ignore[attr-defined]
-            if self.device.type != "cpu":  # type: ignore[attr-defined]
+            check_shared_optimizer(self.policy_kwargs.get("optimizer_class", th.optim.Adam), self._update_mode())
+            if self.device.type != "cpu":
                 raise ValueError(
                     f"update_mode={self._update_mode()!r} keeps the parameters in shared CPU memory, where the workers "
-                    f"update them; pass device='cpu' (got device={self.device})"  # type: ignore[attr-defined]
+                    f"update them; pass device='cpu' (got device={self.device})"
                 )
         self.n_envs = self.n_workers * self.envs_per_worker
         if self.env is not None:
@@ -364,7 +370,7 @@ class AsyncAlgorithmMixin:
             if self._backend() == "local":
                 start_server_in_background()  # the first learn() then finds the workers' server ready
         if init_setup_model:
-            self._setup_model()  # type: ignore[attr-defined]
+            self._setup_model()
             if AUTO in self._requested_layout and self.env is not None:
                 self._choose_worker_layout()
 
@@ -379,7 +385,7 @@ class AsyncAlgorithmMixin:
         n_steps = getattr(self, "n_steps", 1)
         user_envs = _n_envs_of(self._user_env) if requested_envs is None else None  # shared among the workers chosen
         probed = list(PROBED_ENVS_PER_WORKER) if auto_envs else [self.envs_per_worker]
-        n_params = sum(param.numel() for param in self.policy.parameters())  # type: ignore[attr-defined]
+        n_params = sum(param.numel() for param in self.policy.parameters())
         costs = measure_gradient_costs(self._worker_spec(), n_params, probed, PROBE_SECONDS)
         layout = choose_layout(
             costs,
@@ -395,7 +401,7 @@ class AsyncAlgorithmMixin:
         self.n_envs = self.n_workers * self.envs_per_worker
         self.auto_layout = replace(layout, n_workers=self.n_workers, envs_per_worker=self.envs_per_worker).as_dict()
         self._requested_layout = (self.n_workers, self.envs_per_worker)
-        if self.verbose >= 1:  # type: ignore[attr-defined]
+        if self.verbose >= 1:
             print(f"{type(self).__name__}: {AUTO!r} chose {WorkerLayout(**self.auto_layout).describe()}")
 
     def _check_worker_setup(self) -> None:
@@ -418,6 +424,7 @@ class AsyncAlgorithmMixin:
         return env
 
     def _worker_env_factory(self) -> WorkerEnvFactory:
+        assert self.env is not None, "the learner's env is set before any worker is built"
         return WorkerEnvFactory.from_user_env(self._user_env, self.env, self.envs_per_worker, self.seed)
 
     def _worker_logic(self) -> tuple[type, dict[str, Any]]:
@@ -449,11 +456,11 @@ class AsyncAlgorithmMixin:
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:
         """SB3's ``set_env``: any env the constructor takes, with any number of envs (the workers make their own)."""
-        learner_env = self._wrap_env(self._learner_env(env), self.verbose)  # type: ignore[attr-defined]
+        learner_env = self._wrap_env(self._learner_env(env), self.verbose)
         n_envs = self.n_envs
         self.n_envs = learner_env.num_envs  # what SB3 checks the env against
         try:
-            super().set_env(learner_env, force_reset)  # type: ignore[misc]
+            super().set_env(learner_env, force_reset)
         finally:
             self.n_envs = n_envs
         self._user_env = env
@@ -467,16 +474,16 @@ class AsyncAlgorithmMixin:
             "_callbacks_read_locals",
             "_requested_layout",
         ]
-        return [*super()._excluded_save_params(), *excluded]  # type: ignore[misc]
+        return [*super()._excluded_save_params(), *excluded]
 
     def get_parameters(self) -> dict[str, dict]:
         """SB3's ``get_parameters``; during ``learn()`` (a callback saving, say), with the optimizer state stepped then."""
         path = self._update_path
         if path is None:
-            return super().get_parameters()  # type: ignore[misc]
+            return super().get_parameters()
         with path.snapshot():
             path.optimizer_state_to_sb3()
-            parameters = super().get_parameters()  # type: ignore[misc]
+            parameters = super().get_parameters()
             # Where the workers apply, the tensors are views of the parameters they go on updating: copy them now.
             return copy.deepcopy(parameters) if path.workers_apply else parameters
 
@@ -484,7 +491,7 @@ class AsyncAlgorithmMixin:
         if progress_bar:
             callbacks = callback if isinstance(callback, list) else [callback] if callback is not None else []
             callback = [*callbacks, AsyncProgressBarCallback()]
-        return super()._init_callback(callback, progress_bar=False)  # type: ignore[misc]
+        return super()._init_callback(callback, progress_bar=False)
 
     def _learn_async(
         self,
@@ -500,7 +507,7 @@ class AsyncAlgorithmMixin:
         if self.env is None:
             raise ValueError("this model has no env: pass one with model.set_env(env) or Model.load(path, env=env)")
         self.n_envs = self.n_workers * self.envs_per_worker
-        total_timesteps, callback = self._setup_learn(  # type: ignore[misc]
+        total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
         if reset_num_timesteps or not hasattr(self, "_unreported_steps"):
@@ -572,7 +579,7 @@ class AsyncAlgorithmMixin:
             assert flat_state is not None, "checked at construction: the optimizer class and device='cpu'"
             steps_taken = self.num_timesteps + self._unreported_steps.n_rows
             locked = self._update_mode() == "locked"
-            settings = WorkerUpdateSettings(self.lr_schedule, self.max_grad_norm, steps_taken, total_timesteps, locked=locked)  # type: ignore[attr-defined]
+            settings = WorkerUpdateSettings(self.lr_schedule, self.max_grad_norm, steps_taken, total_timesteps, locked=locked)
             # Exactly the steps the loop of learn() waits for: on_step counts n_envs at a time.
             n_calls_left = -(-(total_timesteps - self.num_timesteps) // self.n_envs)
             step_budget = n_calls_left * self.n_envs - self._unreported_steps.n_rows
@@ -602,7 +609,7 @@ class AsyncAlgorithmMixin:
             self.dump_logs(iteration)
         else:
             self.logger.record("time/iterations", iteration, exclude="tensorboard")
-            self.dump_logs()  # type: ignore[attr-defined]
+            self.dump_logs()
 
     def _after_gradient_step(self, report: GradientReport) -> None:
         """Called after each applied gradient, before the new parameters are published (e.g. to refresh a target network)."""
@@ -712,7 +719,7 @@ class AsyncAlgorithmMixin:
         step = dict(step, env=self.env, callback=callback)
         for key in ("obs_tensor", "values", "log_probs"):  # tensors in SB3's on-policy loop
             if key in step:
-                step[key] = obs_as_tensor(step[key], self.device)  # type: ignore[attr-defined]
+                step[key] = obs_as_tensor(step[key], self.device)
         if isinstance(self, OnPolicyAlgorithm):
             step.update(n_rollout_steps=self.n_steps, n_steps=n_calls)
         else:

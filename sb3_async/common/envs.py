@@ -49,6 +49,7 @@ from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
     SubprocVecEnv,
     VecCheckNan,
     VecEnv,
@@ -92,9 +93,9 @@ class NormalizationStatistics:
         if vec_normalize.norm_obs and self.obs_rms is not None:
             if isinstance(self.obs_rms, dict):
                 for key, statistics in self.obs_rms.items():
-                    vec_normalize.obs_rms[key].combine(statistics)  # type: ignore[index]
+                    vec_normalize.obs_rms[key].combine(statistics)
             else:
-                vec_normalize.obs_rms.combine(self.obs_rms)  # type: ignore[union-attr]
+                vec_normalize.obs_rms.combine(self.obs_rms)  # type: ignore[attr-defined]  # SB3 types it as its dict case
         if vec_normalize.norm_reward and self.ret_rms is not None:
             vec_normalize.ret_rms.combine(self.ret_rms)
 
@@ -128,7 +129,7 @@ class WorkerVecNormalize(VecNormalize):
 
     def load_learner_statistics(self, statistics: NormalizationStatistics) -> None:
         if statistics.obs_rms is not None:
-            self.obs_rms = statistics.obs_rms
+            self.obs_rms = statistics.obs_rms  # type: ignore[assignment]  # SB3 types it as its dict case
         if statistics.ret_rms is not None:
             self.ret_rms = statistics.ret_rms
 
@@ -434,7 +435,7 @@ def make_vec_env(
     monitor_dir: str | None = None,
     wrapper_class: Callable[..., gym.Env] | None = None,
     env_kwargs: dict[str, Any] | None = None,
-    vec_env_cls: type[VecEnv] | None = None,
+    vec_env_cls: type[DummyVecEnv] | type[SubprocVecEnv] | None = None,
     vec_env_kwargs: dict[str, Any] | None = None,
     monitor_kwargs: dict[str, Any] | None = None,
     wrapper_kwargs: dict[str, Any] | None = None,
@@ -511,7 +512,7 @@ class WorkerEnvFactory:
                 assert normalization is not None, "a VecNormalize layer needs the learner's statistics"
                 venv = WorkerVecNormalize(venv, layer.kwargs, normalization)
             else:
-                venv = layer.wrapper_class(venv, **layer.kwargs)  # type: ignore[call-arg]
+                venv = layer.wrapper_class(venv, **layer.kwargs)
         # The same automatic wrapping (VecTransposeImage for channel-last images) as the learner got.
         return BaseAlgorithm._wrap_env(venv)
 

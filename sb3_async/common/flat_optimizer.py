@@ -99,7 +99,7 @@ class FlatOptimizerState:
         return state
 
     def _build(self, params: list[th.nn.Parameter]) -> th.optim.Optimizer:
-        optimizer = self.optimizer_class(params)
+        optimizer = self.optimizer_class(params)  # type: ignore[call-arg]  # concrete optimizers default the rest
         optimizer.param_groups[0].update(self.hyperparameters)
         return optimizer
 

@@ -15,7 +15,9 @@ import io
 import multiprocessing as mp
 import os
 from multiprocessing import forkserver, spawn, util
-from multiprocessing.context import reduction, set_spawning_popen
+
+# multiprocessing's own launch, as popen_forkserver writes it: names typeshed does not declare (private).
+from multiprocessing.context import reduction, set_spawning_popen  # type: ignore[attr-defined]
 from typing import Any
 
 # What the server imports once, so that each worker starts in milliseconds: torch._dynamo is what
@@ -35,7 +37,7 @@ def _the_server() -> forkserver.ForkServer:
 
 def server_pid() -> int | None:
     """The pid of sb3_async's forkserver, or None before it started: every worker is its child."""
-    return None if _server is None else _server._forkserver_pid
+    return None if _server is None else _server._forkserver_pid  # type: ignore[attr-defined]
 
 
 if "forkserver" in mp.get_all_start_methods():  # not on Windows
@@ -53,10 +55,10 @@ if "forkserver" in mp.get_all_start_methods():  # not on Windows
                 reduction.dump(process_obj, buffer)
             finally:
                 set_spawning_popen(None)
-            self.sentinel, data_pipe = _the_server().connect_to_new_process(self._fds)
+            self.sentinel, data_pipe = _the_server().connect_to_new_process(self._fds)  # type: ignore[attr-defined]
             # As multiprocessing does: a duplicate of the data pipe's write end tells the child its parent lives.
             parent_alive = os.dup(data_pipe)
-            self.finalizer = util.Finalize(self, util.close_fds, (parent_alive, self.sentinel))
+            self.finalizer = util.Finalize(self, util.close_fds, (parent_alive, self.sentinel))  # type: ignore[attr-defined]
             with open(data_pipe, "wb", closefd=True) as pipe:
                 pipe.write(buffer.getbuffer())
             self.pid = forkserver.read_signed(self.sentinel)
@@ -69,7 +71,7 @@ if "forkserver" in mp.get_all_start_methods():  # not on Windows
     class PrivateForkServerContext(mp.context.ForkServerContext):
         """A ``forkserver`` multiprocessing context whose processes fork from sb3_async's own server."""
 
-        Process = _Process  # type: ignore[assignment]
+        Process = _Process
 
 
 def start_server_in_background() -> None:
@@ -82,8 +84,8 @@ def start_server_in_background() -> None:
         _the_server().ensure_running()
 
 
-def worker_context() -> mp.context.BaseContext:
+def worker_context() -> "mp.context.ForkServerContext | mp.context.SpawnContext":
     """The context workers start with: sb3_async's forkserver where there is one (Linux, macOS), else ``spawn``."""
     if "forkserver" in mp.get_all_start_methods():
-        return PrivateForkServerContext()  # type: ignore[possibly-undefined]
+        return PrivateForkServerContext()
     return mp.get_context("spawn")

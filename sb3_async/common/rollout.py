@@ -6,7 +6,19 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
+
+CPU = th.device("cpu")  # where workers keep their tensors
+
+# A worker's observations: an array, or a dict of arrays for a Dict space.
+Observations = np.ndarray | dict[str, np.ndarray]
+
+
+def as_observations(obs: VecEnvObs) -> Observations:
+    """A VecEnv's observations as the workers hold them (Tuple observation spaces are refused at construction)."""
+    assert not isinstance(obs, tuple), "Tuple observation spaces are refused at construction"
+    return obs
 
 
 def mode_dependent_module(policy: th.nn.Module) -> str | None:
@@ -99,7 +111,9 @@ def truncations(infos: list[dict], dones: np.ndarray) -> Iterator[tuple[int, Any
             yield idx, info["terminal_observation"]
 
 
-def bootstrap_truncations(infos: list[dict], dones: np.ndarray, rewards: np.ndarray, policy: BasePolicy, gamma: float) -> None:
+def bootstrap_truncations(
+    infos: list[dict], dones: np.ndarray, rewards: np.ndarray, policy: ActorCriticPolicy, gamma: float
+) -> None:
     """
     For each episode that a time limit just cut short, add ``gamma * V(s_T)`` to its reward in place:
     a truncation is not a terminal state (SB3 issue #633).
@@ -107,4 +121,4 @@ def bootstrap_truncations(infos: list[dict], dones: np.ndarray, rewards: np.ndar
     for idx, terminal_observation in truncations(infos, dones):
         terminal_obs = policy.obs_to_tensor(terminal_observation)[0]
         with th.no_grad():
-            rewards[idx] += gamma * policy.predict_values(terminal_obs)[0].item()  # type: ignore[attr-defined]
+            rewards[idx] += gamma * policy.predict_values(terminal_obs)[0].item()

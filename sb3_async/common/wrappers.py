@@ -78,7 +78,7 @@ class ExploringStarts(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
         _, info = super().reset(seed=seed, options=options)
-        unwrapped = self.env.unwrapped
+        unwrapped: Any = self.env.unwrapped  # a classic-control env, whose state is an attribute of its own
         state = np.asarray(getattr(unwrapped, "state", None))
         if state.shape != self.high.shape:
             raise ValueError(

@@ -174,15 +174,28 @@ def plan_runs(
 ) -> list[RunSpec]:
     """All runs, seed by seed, with the order of the variants rotating from one seed to the next."""
     conf_files = conf_files or {}
-    variants = [(algo, n) for algo in algos for n in (scaling or [None])]
+    worker_counts: list[int | None] = list(scaling) if scaling else [None]
+    variants = [(algo, n) for algo in algos for n in worker_counts]
     threshold = threshold_for(env_id) if threshold is None else threshold
     runs = []
     for seed in range(seeds):
         shift = seed % len(variants)
         for algo, n_workers in variants[shift:] + variants[:shift]:
             name, _, variant = algo.partition(":")
-            per_run = dict(n_workers=n_workers, variant=variant, conf_file=conf_files.get(name, conf_files.get("")))
-            runs.append(RunSpec(name, env_id, seed, timesteps, threshold, **per_run, **spec_kwargs))
+            conf_file = conf_files.get(name, conf_files.get(""))
+            runs.append(
+                RunSpec(
+                    name,
+                    env_id,
+                    seed,
+                    timesteps,
+                    threshold,
+                    n_workers=n_workers,
+                    variant=variant,
+                    conf_file=conf_file,
+                    **spec_kwargs,
+                )
+            )
     return runs
 
 
@@ -213,7 +226,9 @@ def run_one(spec: RunSpec) -> RunResult:
     th.set_num_threads(spec.num_threads)
     with tempfile.TemporaryDirectory() as log_folder:
         manager = experiment_manager(spec, log_folder)
-        model, _ = manager.setup_experiment()
+        experiment = manager.setup_experiment()
+        assert experiment is not None, "setup_experiment returns None only when it runs an Optuna study"
+        model, _ = experiment
         recorder = EpisodeRecorder()
         try:
             with ProcessTreeMonitor() as monitor:
@@ -221,14 +236,18 @@ def run_one(spec: RunSpec) -> RunResult:
                 model.learn(spec.timesteps, callback=recorder)
                 wall_seconds = time.perf_counter() - started
             eval_env = manager.create_envs(1, eval_env=True)
+            train_env = model.get_env()
+            assert train_env is not None
             if model.get_vec_normalize_env() is not None:
-                sync_envs_normalization(model.get_env(), eval_env)
+                sync_envs_normalization(train_env, eval_env)
             final_score, _ = evaluate_policy(
                 model, eval_env, n_eval_episodes=spec.eval_episodes, deterministic=manager.deterministic_eval
             )
+            assert isinstance(final_score, float)  # not return_episode_rewards: the mean
             eval_env.close()
         finally:
-            model.env.close()
+            if model.env is not None:
+                model.env.close()
     steps, seconds = first_time_solved(recorder.episodes, spec.threshold, spec.window)
     return RunResult(
         spec=spec,

@@ -133,7 +133,7 @@ class SB3PolicyBehavior(BehaviorPolicy):
 
     def act(self, obs, target):
         with th.no_grad():
-            distribution = self.policy.get_distribution(self.policy.obs_to_tensor(obs)[0])  # type: ignore[operator]
+            distribution = self.policy.get_distribution(self.policy.obs_to_tensor(obs)[0])
             actions = distribution.get_actions()
             return actions.numpy(), distribution.log_prob(actions).numpy()
 

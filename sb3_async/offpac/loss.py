@@ -127,6 +127,8 @@ def off_policy_ac_loss(
     """
     n_steps, n_envs = segment.rewards.shape
     observations = segment.observations
+    flat_obs: th.Tensor | dict[str, th.Tensor]
+    last_obs: th.Tensor | dict[str, th.Tensor]
     if isinstance(observations, dict):
         flat_obs = {key: obs[:n_steps].flatten(0, 1) for key, obs in observations.items()}
         last_obs = {key: obs[n_steps] for key, obs in observations.items()}
@@ -134,10 +136,10 @@ def off_policy_ac_loss(
         flat_obs, last_obs = observations[:n_steps].flatten(0, 1), observations[n_steps]
     actions = segment.actions.flatten(0, 1)
     actions = actions.long() if isinstance(policy.action_space, spaces.Discrete) else actions.float()
-    values, log_probs, entropy = policy.evaluate_actions(flat_obs, actions)  # type: ignore[arg-type]
+    values, log_probs, entropy = policy.evaluate_actions(flat_obs, actions)
     values, log_probs = values.view(n_steps, n_envs), log_probs.view(n_steps, n_envs)
     with th.no_grad():
-        bootstrap_value = policy.predict_values(last_obs).flatten()  # type: ignore[arg-type]
+        bootstrap_value = policy.predict_values(last_obs).flatten()
 
     returns = vtrace(
         segment.behavior_log_probs,

@@ -239,7 +239,7 @@ class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
                 batch: Any = {key: np.stack([sample[key] for sample in samples]) for key in samples[0]}
             else:
                 batch = np.stack(samples)
-            behavior.act(batch, self.policy if hasattr(self, "policy") else None)  # type: ignore[arg-type]
+            behavior.act(batch, self.policy if hasattr(self, "policy") else None)
         dumps_for_workers(behavior, what="behavior_policy")
         return behavior
 

@@ -25,15 +25,15 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_async.common.collectors import Segment, WorkerLogic
 from sb3_async.common.rollout import (
+    Observations,
     StepLog,
     actions_for_env,
+    as_observations,
     bootstrap_truncations,
     mode_dependent_module,
 )
 from sb3_async.offpac.behavior import BehaviorPolicy
 from sb3_async.offpac.loss import OffPolicySegment, off_policy_ac_loss
-
-Observations = np.ndarray | dict[str, np.ndarray]
 
 
 class SegmentMemory:
@@ -161,7 +161,7 @@ class OffPACWorker(WorkerLogic):
         )
         self._replay_credit = 0.0
         self._rng = np.random.default_rng(np.random.randint(2**31))
-        self._last_obs: Observations = env.reset()  # type: ignore[assignment]
+        self._last_obs = as_observations(env.reset())
         self.step_log = StepLog(n_steps)
         # set_training_mode walks every module: worth it only where one depends on the mode.
         self._mode_matters = mode_dependent_module(policy) is not None
@@ -172,7 +172,7 @@ class OffPACWorker(WorkerLogic):
         if self.memory is not None and self._replay_credit >= 1.0 and self.memory.n_transitions >= self.replay_starts:
             self._replay_credit -= 1.0
             replayed = self.memory.sample(self.replay_trajectories, self._rng)
-            loss, stats = off_policy_ac_loss(self.policy, replayed, **self.loss_kwargs)  # type: ignore[arg-type]
+            loss, stats = off_policy_ac_loss(self.policy, replayed, **self.loss_kwargs)
             return loss, Segment(n_env_steps=0, stats={**stats, "offpac/replay_fraction": 1.0})
 
         fresh = self._act_one_segment()
@@ -180,7 +180,7 @@ class OffPACWorker(WorkerLogic):
         if self.memory is not None and th.isfinite(fresh.rewards).all():
             self.memory.add(fresh)
             self._replay_credit += self.replay_ratio
-        loss, stats = off_policy_ac_loss(self.policy, fresh, **self.loss_kwargs)  # type: ignore[arg-type]
+        loss, stats = off_policy_ac_loss(self.policy, fresh, **self.loss_kwargs)
         stats["offpac/replay_fraction"] = 0.0
         return loss, Segment(n_env_steps=self.n_steps * self.env.num_envs, steps=self.step_log.pop(), stats=stats)
 
@@ -195,7 +195,8 @@ class OffPACWorker(WorkerLogic):
                 policy.reset_noise(env.num_envs)
             step_actions, step_log_probs = self.behavior.act(self._last_obs, policy)
             env_actions = actions_for_env(step_actions, env.action_space, policy)
-            new_obs, step_rewards, step_dones, infos = env.step(env_actions)
+            step_obs, step_rewards, step_dones, infos = env.step(env_actions)
+            new_obs = as_observations(step_obs)
             # What OffPolicyAlgorithm.collect_rollouts hands its callbacks: actions as given to the env.
             self.step_log.add(
                 actions=env_actions,

@@ -17,6 +17,7 @@ else (config files, schedules, VecNormalize, callbacks, Optuna studies, saving) 
 """
 
 import functools
+import importlib
 import math
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import rl_zoo3.exp_manager
 from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
 from rl_zoo3.utils import ALGOS
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
@@ -37,7 +39,13 @@ from sb3_async.common.envs import RECIPE_ATTRIBUTE, VecEnvRecipe, register_minat
 from sb3_async.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
 
 # a3c_lstm is A3C with its own config file of recurrent entries, as rl-zoo3's ppo_lstm is RecurrentPPO.
-ASYNC_ALGOS = {"a3c": A3C, "a3c_lstm": A3C, "offpac": OffPolicyAC, "async_q": AsyncQLearning, "async_sarsa": AsyncSARSA}
+ASYNC_ALGOS: dict[str, type[BaseAlgorithm]] = {
+    "a3c": A3C,
+    "a3c_lstm": A3C,
+    "offpac": OffPolicyAC,
+    "async_q": AsyncQLearning,
+    "async_sarsa": AsyncSARSA,
+}
 
 
 def register() -> None:
@@ -55,8 +63,7 @@ def register() -> None:
 
 def default_config_path(algo: str) -> Path:
     """This package's rl-zoo3 config file for ``algo`` (``zoo_configs/<algo>.yml``)."""
-    from sb3_async import zoo_configs  # the repository's zoo_configs/ folder, installed as package data
-
+    zoo_configs = importlib.import_module("sb3_async.zoo_configs")  # the repository's zoo_configs/, as package data
     return Path(zoo_configs.__path__[0]) / f"{algo}.yml"
 
 

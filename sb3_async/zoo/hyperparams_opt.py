@@ -52,7 +52,7 @@ def _convert_common(params: dict[str, Any]) -> dict[str, Any]:
     hyperparams["gamma"] = 1 - hyperparams.pop("one_minus_gamma")
     if "one_minus_gae_lambda" in hyperparams:
         hyperparams["gae_lambda"] = 1 - hyperparams.pop("one_minus_gae_lambda")
-    policy_kwargs = {}
+    policy_kwargs: dict[str, Any] = {}
     if "net_arch" in hyperparams:
         policy_kwargs["net_arch"] = NET_ARCH[hyperparams.pop("net_arch")]
     if "activation_fn" in hyperparams:
@@ -133,7 +133,7 @@ def sample_async_q_params(trial: optuna.Trial, n_actions: int, n_envs: int, addi
     refresh, exploration schedule, gradient clipping, network, workers. The workers' final epsilons
     keep the paper's set and probabilities.
     """
-    params = {
+    params: dict[str, Any] = {
         "train_freq": trial.suggest_categorical("train_freq", [4, 5, 8, 16, 32]),
         "n_steps": trial.suggest_categorical("n_steps", [1, 2, 4, 8, 16, 32]),
         "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),

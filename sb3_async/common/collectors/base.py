@@ -216,7 +216,7 @@ class WorkerCore:
         if spec.seed is not None:
             set_random_seed(spec.seed + worker_id + incarnation * n_workers)
         else:
-            set_random_seed(int(np.random.SeedSequence().entropy % 2**32))
+            set_random_seed(int(np.random.SeedSequence().generate_state(1)[0]))
         self.env = spec.env_factory.build(worker_id, spec.normalization)
         vec_normalize = unwrap_vec_normalize(self.env)
         assert vec_normalize is None or isinstance(vec_normalize, WorkerVecNormalize)
