@@ -228,16 +228,22 @@ class AsyncAlgorithmMixin(_Host):
     The algorithm class provides ``_worker_logic()``: its WorkerLogic class and keyword arguments.
     """
 
-    # Set by the algorithm's __init__ (these annotations document the contract).
+    # Set by the algorithm's __init__ (these annotations document the contract). The defaults are what a
+    # model saved before a setting existed did, for a model restored without its __init__ (a plain unpickle).
     n_workers: int
     envs_per_worker: int
+    n_steps: int
     max_grad_norm: float
-    update_mode: str
-    backend: str
-    max_worker_restarts: int
-    ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None
-    ray_init_kwargs: dict[str, Any] | None
+    update_mode: str = "learner"
+    wait_for_own_update: bool = True
+    backend: str = "local"
+    max_worker_restarts: int = 0
+    ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None = None
+    ray_init_kwargs: dict[str, Any] | None = None
     _user_env: Any
+    # Counted over the learn() calls of one run (reset with reset_num_timesteps).
+    dropped_updates: int = 0
+    worker_restarts: int = 0
     # During learn(): who applies the updates (the learner, or the workers), with the optimizer state and the collector.
     _update_path: UpdatePath | None = None
     # During learn(): whether a callback may read self.locals at on_step (else the learner builds none).
@@ -284,10 +290,10 @@ class AsyncAlgorithmMixin(_Host):
         self.max_worker_restarts = max_worker_restarts
         self.ray_actor_options = ray_actor_options
         self.ray_init_kwargs = ray_init_kwargs
-        if AUTO in self._requested_layout and self._backend() != "local":
+        if AUTO in self._requested_layout and self.backend != "local":
             raise ValueError(
                 f"n_workers={AUTO!r} and envs_per_worker={AUTO!r} measure this machine's cores, not a Ray cluster's: "
-                f"give both as numbers with backend={self._backend()!r}"
+                f"give both as numbers with backend={self.backend!r}"
             )
         self._validate_async_arguments(n_steps)
         self._user_env = env
@@ -296,26 +302,22 @@ class AsyncAlgorithmMixin(_Host):
         for name, value in (("n_workers", self.n_workers), ("envs_per_worker", self.envs_per_worker), ("n_steps", n_steps)):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        requested_mode = self._requested_update_mode()
+        requested_mode = self.update_mode
         if requested_mode not in (*UPDATE_MODES, "auto"):
             raise ValueError(f"update_mode must be one of {UPDATE_MODES} or 'auto', got {requested_mode!r}")
-        if self._backend() not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self._backend()!r}")
-        check_restarts(self._max_worker_restarts())
-        if self._backend() == "ray":
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        check_restarts(self.max_worker_restarts)
+        if self.backend == "ray":
             if requested_mode in WORKER_UPDATE_MODES:
                 raise ValueError(
                     f"update_mode={requested_mode!r} needs the workers to share memory, which Ray actors on a cluster "
                     f"do not: use backend='local' for it, or update_mode='learner' with Ray"
                 )
-            check_actor_options(getattr(self, "ray_actor_options", None), self.n_workers)
-            if not isinstance(getattr(self, "ray_init_kwargs", None) or {}, dict):
+            check_actor_options(self.ray_actor_options, self.n_workers)
+            if not isinstance(self.ray_init_kwargs or {}, dict):
                 raise ValueError(f"ray_init_kwargs must be a dict, got {self.ray_init_kwargs!r}")
             import_ray()  # an ImportError that says what to install, now rather than in learn()
-
-    # Models saved before these settings existed load with today's behaviour.
-    def _requested_update_mode(self) -> str:
-        return getattr(self, "update_mode", "learner")
 
     def _update_mode(self) -> str:
         """
@@ -324,18 +326,12 @@ class AsyncAlgorithmMixin(_Host):
         the learner's semantics with no round trip on a worker's critical path, measured faster to the
         threshold (``docs/architecture.md``); else the learner.
         """
-        requested = self._requested_update_mode()
+        requested = self.update_mode
         if requested != "auto":
             return requested
         shareable = can_share_optimizer(self.policy_kwargs.get("optimizer_class", th.optim.Adam))
         on_cpu = self.device.type == "cpu"
-        return "locked" if self._backend() == "local" and shareable and on_cpu else "learner"
-
-    def _backend(self) -> str:
-        return getattr(self, "backend", "local")
-
-    def _max_worker_restarts(self) -> int:
-        return getattr(self, "max_worker_restarts", 0)
+        return "locked" if self.backend == "local" and shareable and on_cpu else "learner"
 
     def _finish_init(self, use_rms_prop: bool, rms_prop_eps: float, init_setup_model: bool) -> None:
         """
@@ -356,7 +352,7 @@ class AsyncAlgorithmMixin(_Host):
         if use_rms_prop and "optimizer_class" not in self.policy_kwargs:
             self.policy_kwargs["optimizer_class"] = th.optim.RMSprop
             self.policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)
-        if self._requested_update_mode() in WORKER_UPDATE_MODES:
+        if self.update_mode in WORKER_UPDATE_MODES:
             check_shared_optimizer(self.policy_kwargs.get("optimizer_class", th.optim.Adam), self._update_mode())
             if self.device.type != "cpu":
                 raise ValueError(
@@ -367,7 +363,7 @@ class AsyncAlgorithmMixin(_Host):
         if self.env is not None:
             self._worker_env_factory()
             self._check_worker_setup()
-            if self._backend() == "local":
+            if self.backend == "local":
                 start_server_in_background()  # the first learn() then finds the workers' server ready
         if init_setup_model:
             self._setup_model()
@@ -382,7 +378,7 @@ class AsyncAlgorithmMixin(_Host):
         """
         requested_workers, requested_envs = self._requested_layout
         auto_workers, auto_envs = requested_workers == AUTO, requested_envs == AUTO
-        n_steps = getattr(self, "n_steps", 1)
+        n_steps = self.n_steps
         user_envs = _n_envs_of(self._user_env) if requested_envs is None else None  # shared among the workers chosen
         probed = list(PROBED_ENVS_PER_WORKER) if auto_envs else [self.envs_per_worker]
         n_params = sum(param.numel() for param in self.policy.parameters())
@@ -442,7 +438,7 @@ class AsyncAlgorithmMixin(_Host):
             logic_kwargs=logic_kwargs,
             normalization=self._normalization_statistics(),
             seed=self.seed,
-            wait_for_own_update=getattr(self, "wait_for_own_update", True),  # models saved before it existed
+            wait_for_own_update=self.wait_for_own_update,
             worker_updates=worker_updates,
         )
 
@@ -503,7 +499,7 @@ class AsyncAlgorithmMixin(_Host):
         progress_bar: bool,
         timesteps_per_iteration: int,
     ):
-        self._validate_async_arguments(getattr(self, "n_steps", 1))
+        self._validate_async_arguments(self.n_steps)
         if self.env is None:
             raise ValueError("this model has no env: pass one with model.set_env(env) or Model.load(path, env=env)")
         self.n_envs = self.n_workers * self.envs_per_worker
@@ -526,7 +522,7 @@ class AsyncAlgorithmMixin(_Host):
         self._policy_buffers = list(self.policy.buffers())
         path = self._update_path = self._start_update_path(total_timesteps, flat_params, flat_gradient)
         collector = path.collector
-        restarts_before = getattr(self, "worker_restarts", 0)
+        restarts_before = self.worker_restarts
         with sigterm_raises_system_exit():
             try:
                 callback.on_training_start(locals(), globals())
@@ -583,23 +579,23 @@ class AsyncAlgorithmMixin(_Host):
             # Exactly the steps the loop of learn() waits for: on_step counts n_envs at a time.
             n_calls_left = -(-(total_timesteps - self.num_timesteps) // self.n_envs)
             step_budget = n_calls_left * self.n_envs - self._unreported_steps.n_rows
-            spec, restarts = self._worker_spec(settings), self._max_worker_restarts()
+            spec, restarts = self._worker_spec(settings), self.max_worker_restarts
             collector = LocalCollector(spec, self.n_workers, flat_params, buffers, flat_state, step_budget, restarts)
             return WorkersApply(collector, self.policy, flat_state, locked)
         transport: GradientCollector
-        if self._backend() == "ray":
+        if self.backend == "ray":
             transport = RayCollector(
                 self._worker_spec(),
                 self.n_workers,
                 flat_params,
                 buffers,
-                max_worker_restarts=self._max_worker_restarts(),
+                max_worker_restarts=self.max_worker_restarts,
                 ray_actor_options=self.ray_actor_options,
                 ray_init_kwargs=self.ray_init_kwargs,
             )
         else:
             transport = LocalCollector(
-                self._worker_spec(), self.n_workers, flat_params, buffers, max_worker_restarts=self._max_worker_restarts()
+                self._worker_spec(), self.n_workers, flat_params, buffers, max_worker_restarts=self.max_worker_restarts
             )
         return LearnerApplies(transport, self.policy, flat_state, flat_params, flat_gradient)
 
