@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import A2C
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnvMultiBinary, IdentityEnvMultiDiscrete, SimpleMultiObsEnv
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 
 from sb3_async import OffPolicyAC
 from tests.conftest import CountingCallback, RecordingOutput, forkserver_children
@@ -100,6 +102,18 @@ def test_no_replay_means_one_update_per_segment(no_leaks):
     model.learn(400, callback=callback)
     assert model._n_updates == model.num_timesteps // 4
     assert callback.timesteps_seen == list(range(2, model.num_timesteps + 1, 2))
+
+
+class TrainFreqSeen(BaseCallback):
+    def _on_step(self) -> bool:
+        self.train_freq = self.locals["train_freq"]
+        return True
+
+
+def test_callbacks_see_the_segment_length_as_sb3s_train_freq(no_leaks):
+    seen = TrainFreqSeen()
+    OffPolicyAC("MlpPolicy", "CartPole-v1", **FAST).learn(32, callback=seen)
+    assert seen.train_freq == TrainFreq(FAST["n_steps"], TrainFrequencyUnit.STEP)  # as OffPolicyAlgorithm converts it
 
 
 def test_callback_returning_false_stops_every_worker(no_leaks):

@@ -8,17 +8,16 @@ from sb3_contrib.common.recurrent.policies import (
     RecurrentMultiInputActorCriticPolicy,
 )
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_async.a3c.worker import A3CWorker, LeanA3CWorker, RecurrentA3CWorker, lean_rollout_applies
-from sb3_async.common.async_algorithm import AsyncAlgorithmMixin
+from sb3_async.common.async_algorithm import AsyncOnPolicyAlgorithm
 
 SelfA3C = TypeVar("SelfA3C", bound="A3C")
 
 
-class A3C(AsyncAlgorithmMixin, OnPolicyAlgorithm):
+class A3C(AsyncOnPolicyAlgorithm):
     """
     Asynchronous Advantage Actor Critic (A3C)
 

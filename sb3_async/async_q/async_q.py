@@ -11,7 +11,7 @@ from stable_baselines3.dqn import DQN
 from stable_baselines3.dqn.policies import DQNPolicy
 
 from sb3_async.async_q.worker import AsyncQWorker
-from sb3_async.common.async_algorithm import AsyncAlgorithmMixin
+from sb3_async.common.async_algorithm import AsyncOffPolicyAlgorithm
 from sb3_async.common.collectors import GradientReport
 
 SelfAsyncQLearning = TypeVar("SelfAsyncQLearning", bound="AsyncQLearning")
@@ -21,7 +21,7 @@ PAPER_FINAL_EPS = (0.1, 0.01, 0.5)
 PAPER_FINAL_EPS_PROBS = (0.4, 0.3, 0.3)
 
 
-class AsyncQLearning(AsyncAlgorithmMixin, DQN):
+class AsyncQLearning(AsyncOffPolicyAlgorithm, DQN):
     """
     Asynchronous one-step and n-step Q-learning (Mnih et al. 2016, Algorithms S1 and S2)
 

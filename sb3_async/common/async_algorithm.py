@@ -27,6 +27,7 @@ from stable_baselines3.common.callbacks import (
     StopTrainingOnNoModelImprovement,
     StopTrainingOnRewardThreshold,
 )
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import MaybeCallback, TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.utils import obs_as_tensor
@@ -600,12 +601,12 @@ class AsyncAlgorithmMixin(_Host):
         return LearnerApplies(transport, self.policy, flat_state, flat_params, flat_gradient)
 
     def _dump_iteration_logs(self, iteration: int) -> None:
-        """SB3's ``dump_logs`` of the base class: on-policy algorithms take the iteration, off-policy ones do not."""
-        if isinstance(self, OnPolicyAlgorithm):
-            self.dump_logs(iteration)
-        else:
-            self.logger.record("time/iterations", iteration, exclude="tensorboard")
-            self.dump_logs()
+        """SB3's ``dump_logs`` of the base class (:class:`AsyncOnPolicyAlgorithm`, :class:`AsyncOffPolicyAlgorithm`)."""
+        raise NotImplementedError
+
+    def _loop_counters(self, n_calls: int, n_episodes: int) -> dict[str, Any]:
+        """The loop counters of the base class's ``collect_rollouts`` in ``self.locals``, counting this report's steps."""
+        raise NotImplementedError
 
     def _after_gradient_step(self, report: GradientReport) -> None:
         """Called after each applied gradient, before the new parameters are published (e.g. to refresh a target network)."""
@@ -716,18 +717,7 @@ class AsyncAlgorithmMixin(_Host):
         for key in ("obs_tensor", "values", "log_probs"):  # tensors in SB3's on-policy loop
             if key in step:
                 step[key] = obs_as_tensor(step[key], self.device)
-        if isinstance(self, OnPolicyAlgorithm):
-            step.update(n_rollout_steps=self.n_steps, n_steps=n_calls)
-        else:
-            train_freq = self.train_freq  # type: ignore[attr-defined]
-            step.update(
-                train_freq=train_freq if isinstance(train_freq, TrainFreq) else TrainFreq(train_freq, TrainFrequencyUnit.STEP),
-                learning_starts=self.learning_starts,  # type: ignore[attr-defined]
-                action_noise=None,
-                num_collected_steps=n_calls,
-                num_collected_episodes=n_episodes,
-                continue_training=True,
-            )
+        step.update(self._loop_counters(n_calls, n_episodes))
         return step
 
     def _record_async_logs(self, window: _LogWindow, collector: GradientCollector) -> None:
@@ -746,3 +736,39 @@ class AsyncAlgorithmMixin(_Host):
         self.logger.record("async/n_workers", self.n_workers, exclude="tensorboard")
         self.logger.record("async/envs_per_worker", self.envs_per_worker, exclude="tensorboard")
         self.logger.record("async/update_mode", self._update_mode(), exclude=("tensorboard", "csv"))
+
+
+class AsyncOnPolicyAlgorithm(AsyncAlgorithmMixin, OnPolicyAlgorithm):
+    """SB3's ``OnPolicyAlgorithm`` with its experience from the asynchronous collector (A3C)."""
+
+    def _dump_iteration_logs(self, iteration: int) -> None:
+        self.dump_logs(iteration)
+
+    def _loop_counters(self, n_calls: int, n_episodes: int) -> dict[str, Any]:
+        return dict(n_rollout_steps=self.n_steps, n_steps=n_calls)
+
+
+class AsyncOffPolicyAlgorithm(AsyncAlgorithmMixin, OffPolicyAlgorithm):
+    """SB3's ``OffPolicyAlgorithm`` with its experience from the asynchronous collector (OffPolicyAC; the value methods)."""
+
+    def _dump_iteration_logs(self, iteration: int) -> None:
+        self.logger.record("time/iterations", iteration, exclude="tensorboard")  # OffPolicyAlgorithm.dump_logs takes none
+        self.dump_logs()
+
+    def _loop_counters(self, n_calls: int, n_episodes: int) -> dict[str, Any]:
+        # The workers' segment length, as the user gave it (no _setup_model here converts it): SB3's TrainFreq, as
+        # OffPolicyAlgorithm._convert_train_freq makes it, for the callbacks.
+        given = self.train_freq
+        if isinstance(given, TrainFreq):
+            train_freq = given
+        else:
+            frequency, unit = given if isinstance(given, tuple) else (given, "step")
+            train_freq = TrainFreq(frequency, TrainFrequencyUnit(unit))
+        return dict(
+            train_freq=train_freq,
+            learning_starts=self.learning_starts,
+            action_noise=None,
+            num_collected_steps=n_calls,
+            num_collected_episodes=n_episodes,
+            continue_training=True,
+        )

@@ -7,11 +7,10 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
-from sb3_async.common.async_algorithm import AsyncAlgorithmMixin
+from sb3_async.common.async_algorithm import AsyncOffPolicyAlgorithm
 from sb3_async.common.envs import dumps_for_workers
 from sb3_async.offpac.behavior import BehaviorPolicy, BehaviorSpec, CallableBehavior, make_behavior, policy_copy_on_cpu
 from sb3_async.offpac.worker import OffPACWorker
@@ -19,7 +18,7 @@ from sb3_async.offpac.worker import OffPACWorker
 SelfOffPolicyAC = TypeVar("SelfOffPolicyAC", bound="OffPolicyAC")
 
 
-class OffPolicyAC(AsyncAlgorithmMixin, OffPolicyAlgorithm):
+class OffPolicyAC(AsyncOffPolicyAlgorithm):
     """
     Off-policy actor-critic with V-trace (Off-PAC, Degris et al. 2012; truncated importance
     weights as in IMPALA, Espeholt et al. 2018; per-worker replay as in ACER, Wang et al. 2017).
