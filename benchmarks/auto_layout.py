@@ -16,7 +16,7 @@ import time
 import gymnasium as gym
 
 from sb3_async import A3C
-from sb3_async.common.envs import register_minatar_envs
+from sb3_async.zoo.minatar import register_minatar_envs
 from sb3_async.common.worker_layout import WorkerLayout
 from sb3_async.common.wrappers import RandomLatency
 

@@ -25,7 +25,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnvWrapper, VecFrameStack, VecNormalize
 
 from sb3_async import A3C
-from sb3_async.common.envs import make_vec_env as sb3_async_make_vec_env
+from sb3_async.common.env_recipes import make_vec_env as sb3_async_make_vec_env
 from tests.conftest import CountingCallback, RecordingOutput, forkserver_children
 from tests.envs import TupleActionEnv
 

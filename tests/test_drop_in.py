@@ -40,7 +40,7 @@ from stable_baselines3.common.vec_env import (
 )
 
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
-from sb3_async.common.envs import pickle_env_copy
+from sb3_async.common.worker_pickling import pickle_env_copy
 from tests.conftest import forkserver_children
 
 

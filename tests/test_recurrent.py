@@ -17,7 +17,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_async import A3C
 from sb3_async.a3c.worker import RecurrentA3CWorker
-from sb3_async.common.envs import register_minatar_envs
+from sb3_async.zoo.minatar import register_minatar_envs
 from sb3_async.common.torch_layers import MinAtarCNN, small_image_policy_kwargs
 from tests.envs import FixedLengthEnv, cartpole_without_velocities
 from tests.test_learning import assert_training_reaches

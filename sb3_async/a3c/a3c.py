@@ -36,7 +36,7 @@ class A3C(AsyncOnPolicyAlgorithm):
         backpropagates through each segment, and ``predict`` takes ``state`` and ``episode_start`` as
         ``RecurrentPPO``'s does)
     :param env: The environment to learn from: an env id, a picklable callable that returns a gym.Env,
-        or a VecEnv that the workers can rebuild (see ``sb3_async.common.envs``). The learner never
+        or a VecEnv that the workers can rebuild (see ``sb3_async.common.worker_envs``). The learner never
         steps it; each worker builds ``envs_per_worker`` envs like it.
     :param learning_rate: The learning rate, it can be a function
         of the current progress remaining (from 1 to 0)

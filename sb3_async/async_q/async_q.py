@@ -37,7 +37,7 @@ class AsyncQLearning(AsyncOffPolicyAlgorithm, DQN):
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...): SB3's DQN policies
     :param env: The environment to learn from: an env id, a picklable callable that returns a gym.Env,
-        or a VecEnv that the workers can rebuild (see ``sb3_async.common.envs``). Discrete actions only.
+        or a VecEnv that the workers can rebuild (see ``sb3_async.common.worker_envs``). Discrete actions only.
     :param learning_rate: The learning rate, it can be a function
         of the current progress remaining (from 1 to 0)
     :param gamma: the discount factor

@@ -47,7 +47,8 @@ from sb3_async.common.collectors import (
 )
 from sb3_async.common.collectors.base import check_restarts
 from sb3_async.common.collectors.ray_backend import RayCollector, check_actor_options, import_ray
-from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory
+from sb3_async.common.normalization import NormalizationStatistics
+from sb3_async.common.worker_envs import WorkerEnvFactory
 from sb3_async.common.forkserver import start_server_in_background
 from sb3_async.common.flat_optimizer import FlatOptimizerState, can_flatten
 from sb3_async.common.torch_layers import small_image_policy_kwargs

@@ -35,7 +35,7 @@ import cloudpickle
 import torch as th
 
 from sb3_async.common.collectors.base import WorkerCore, WorkerError, WorkerSpec, prepare_worker_process
-from sb3_async.common.envs import dumps_for_workers
+from sb3_async.common.worker_pickling import dumps_for_workers
 from sb3_async.common.forkserver import worker_context
 
 AUTO = "auto"

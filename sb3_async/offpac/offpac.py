@@ -11,7 +11,7 @@ from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticP
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
 from sb3_async.common.async_algorithm import AsyncOffPolicyAlgorithm
-from sb3_async.common.envs import dumps_for_workers
+from sb3_async.common.worker_pickling import dumps_for_workers
 from sb3_async.offpac.behavior import BehaviorPolicy, BehaviorSpec, CallableBehavior, make_behavior, policy_copy_on_cpu
 from sb3_async.offpac.worker import OffPACWorker
 
@@ -32,7 +32,7 @@ class OffPolicyAC(AsyncOffPolicyAlgorithm):
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...): an actor-critic policy, pi and V
     :param env: The environment to learn from: an env id, a picklable callable that returns a gym.Env,
-        or a VecEnv that the workers can rebuild (see ``sb3_async.common.envs``)
+        or a VecEnv that the workers can rebuild (see ``sb3_async.common.worker_envs``)
     :param learning_rate: The learning rate, it can be a function
         of the current progress remaining (from 1 to 0)
     :param buffer_size: size of the replay memory in transitions, summed over all workers

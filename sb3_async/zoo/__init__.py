@@ -6,5 +6,6 @@ A3C and OffPolicyAC in rl-zoo3: ``python -m sb3_async.zoo train --algo a3c --env
 
 from sb3_async.zoo.cli import main
 from sb3_async.zoo.experiment import AsyncExperimentManager, register
+from sb3_async.zoo.minatar import register_minatar_envs
 
-__all__ = ["AsyncExperimentManager", "main", "register"]
+__all__ = ["AsyncExperimentManager", "main", "register", "register_minatar_envs"]

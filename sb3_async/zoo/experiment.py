@@ -35,7 +35,8 @@ from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
 from sb3_async.common.async_algorithm import default_n_workers
 from sb3_async.common.collectors import WorkerError
 from sb3_async.common.torch_layers import MinAtarCNN
-from sb3_async.common.envs import RECIPE_ATTRIBUTE, VecEnvRecipe, register_minatar_envs
+from sb3_async.common.env_recipes import RECIPE_ATTRIBUTE, VecEnvRecipe
+from sb3_async.zoo.minatar import register_minatar_envs
 from sb3_async.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
 
 # a3c_lstm is A3C with its own config file of recurrent entries, as rl-zoo3's ppo_lstm is RecurrentPPO.

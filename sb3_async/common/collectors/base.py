@@ -21,7 +21,8 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
-from sb3_async.common.envs import NormalizationStatistics, WorkerEnvFactory, WorkerVecNormalize
+from sb3_async.common.normalization import NormalizationStatistics, WorkerVecNormalize
+from sb3_async.common.worker_envs import WorkerEnvFactory
 from sb3_async.common.worker_updates import WorkerUpdateSettings
 
 # Gradients a worker may have handed over and not yet had answered: with wait_for_own_update=False

@@ -73,7 +73,8 @@ from sb3_async.common.collectors.base import (
     clip_gradient_norm_,
     prepare_worker_process,
 )
-from sb3_async.common.envs import NormalizationStatistics, dumps_for_workers
+from sb3_async.common.normalization import NormalizationStatistics
+from sb3_async.common.worker_pickling import dumps_for_workers
 from sb3_async.common.flat_optimizer import FlatOptimizerState
 from sb3_async.common.forkserver import worker_context
 from sb3_async.common.worker_updates import WorkerUpdateSettings

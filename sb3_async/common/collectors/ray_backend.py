@@ -48,7 +48,8 @@ from sb3_async.common.collectors.base import (
     WorkerSpec,
     prepare_worker_process,
 )
-from sb3_async.common.envs import NormalizationStatistics, dumps_for_workers
+from sb3_async.common.normalization import NormalizationStatistics
+from sb3_async.common.worker_pickling import dumps_for_workers
 
 _WAIT_SECONDS = 1.0
 _START_TIMEOUT_SECONDS = 300.0  # actors on a cluster may wait for a node, or for their runtime_env to install
