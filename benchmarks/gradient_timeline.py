@@ -94,7 +94,7 @@ def in_process_timeline(n_envs: int, seconds: float, seed: int) -> dict[str, flo
     _, callback = model._setup_learn(10**9, None, True, "timeline", False)
     from sb3_async.common.async_algorithm import PendingSteps
 
-    model._unreported_steps = PendingSteps()
+    model._steps_for_callbacks = PendingSteps()
     callback.on_training_start(locals(), globals())
 
     parts: dict[str, list[float]] = defaultdict(list)

@@ -34,7 +34,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from sb3_async import A3C
-from sb3_async.common.collectors import Segment, WorkerLogic
+from sb3_async.common.collectors import SegmentResult, WorkerLogic
 
 N_STEPS = 5
 
@@ -67,7 +67,7 @@ class SyntheticGradient(WorkerLogic):
         loss = sum(
             (param * direction).sum() for param, direction in zip(self.policy.parameters(), self.directions, strict=True)
         )
-        return loss, Segment(n_env_steps=N_STEPS * self.env.num_envs)
+        return loss, SegmentResult(n_env_steps=N_STEPS * self.env.num_envs)
 
 
 class SyntheticA3C(A3C):

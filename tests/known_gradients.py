@@ -3,7 +3,7 @@
 import torch as th
 
 from sb3_async import A3C
-from sb3_async.common.collectors import Segment, WorkerLogic
+from sb3_async.common.collectors import SegmentResult, WorkerLogic
 
 STEPS_PER_GRADIENT = 5
 
@@ -16,11 +16,11 @@ def known_gradient(n_params: int) -> th.Tensor:
 class KnownGradientLogic(WorkerLogic):
     """Takes no env step; its loss is <g, theta>, so its gradient is :func:`known_gradient`, whatever theta is."""
 
-    def compute_loss(self) -> tuple[th.Tensor, Segment]:
+    def compute_loss(self) -> tuple[th.Tensor, SegmentResult]:
         params = list(self.policy.parameters())
         gradient = known_gradient(sum(param.numel() for param in params))
         loss = th.dot(gradient, th.cat([param.reshape(-1) for param in params]))
-        return loss, Segment(n_env_steps=STEPS_PER_GRADIENT)
+        return loss, SegmentResult(n_env_steps=STEPS_PER_GRADIENT)
 
 
 class KnownGradientA3C(A3C):

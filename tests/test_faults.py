@@ -93,7 +93,7 @@ def test_a_worker_killed_holding_the_shared_lock_stalls_nobody(no_leaks):
     try:
         collector.start()
         report = collector.next_report()
-        collector.release(report.worker_id)
+        collector.send_go(report.worker_id)
         # As if worker 0 died while it copied the parameters: the lock stays held, by nobody alive.
         collector._shared.lock.acquire()
         os.kill(collector.worker_pids[0], signal.SIGKILL)
@@ -107,7 +107,7 @@ def test_a_worker_killed_holding_the_shared_lock_stalls_nobody(no_leaks):
             report = collector.next_report()
             if report.worker_id == 1 or collector.restarts == 1:
                 reported.add(report.worker_id)
-            collector.release(report.worker_id)
+            collector.send_go(report.worker_id)
         assert collector.restarts == 1
     finally:
         collector.close()

@@ -9,7 +9,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_async.offpac.behavior import EpsilonBehavior, UniformBehavior
-from sb3_async.offpac.loss import OffPolicySegment, behaviour_kl, effective_sample_size, off_policy_ac_loss, vtrace
+from sb3_async.offpac.loss import OffPolicyTrajectories, behaviour_kl, effective_sample_size, off_policy_ac_loss, vtrace
 from sb3_async.offpac.worker import SegmentMemory
 
 INF = float("inf")
@@ -107,7 +107,7 @@ def test_one_step_loss_gradient_is_the_off_pac_update():
     s, s_next = th.tensor([[0.1, -0.2, 0.3]]), th.tensor([[0.4, 0.0, -0.5]])
     action, reward, gamma, log_b = th.tensor([1]), 1.0, 0.9, math.log(0.25)
 
-    segment = OffPolicySegment(
+    segment = OffPolicyTrajectories(
         observations=th.stack([s, s_next]),  # [T + 1 = 2, B = 1, 3]
         actions=action.view(1, 1),
         rewards=column(reward),
@@ -159,7 +159,7 @@ def test_segment_memory_keeps_whole_trajectories_first_in_first_out():
     for start in (0.0, 100.0):  # two segments of 2 envs: the first env-0 trajectory is pushed out
         observations = th.tensor([[[start + 0], [start + 1]], [[start + 2], [start + 3]], [[start + 4], [start + 5]]])
         memory.add(
-            OffPolicySegment(
+            OffPolicyTrajectories(
                 observations=observations,  # [T + 1 = 3, B = 2, 1]
                 actions=th.tensor([[0, 1], [1, 0]]),
                 rewards=observations[:2, :, 0],  # reward = first observation, to recognise the trajectory

@@ -14,7 +14,7 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
-from sb3_async.common.collectors import Segment, WorkerLogic
+from sb3_async.common.collectors import SegmentResult, WorkerLogic
 from sb3_async.common.rollout import (
     CPU,
     StepLog,
@@ -112,26 +112,31 @@ class A3CWorker(WorkerLogic):
         self._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
         self.step_log = StepLog(n_steps)
 
-    def compute_loss(self) -> tuple[th.Tensor, Segment]:
+    def compute_loss(self) -> tuple[th.Tensor, SegmentResult]:
         self._collect_segment()
         self.policy.set_training_mode(True)
+        values, log_prob, entropy, returns, advantages = self._evaluate_segment()
+        loss, stats = a3c_loss(
+            values, log_prob, entropy, returns, advantages, self.ent_coef, self.vf_coef, self.normalize_advantage
+        )
+        return loss, self._segment(stats)
+
+    def _evaluate_segment(self) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor, th.Tensor]:
+        """The policy's values, log-probabilities and entropy on the segment in the buffer, and its returns and advantages."""
         batch = next(self.rollout_buffer.get(batch_size=None))
         values, log_prob, entropy = self.policy.evaluate_actions(
             batch.observations,
             _actions_for_loss(batch.actions, self.env.action_space),
         )
-        loss, stats = a3c_loss(
-            values, log_prob, entropy, batch.returns, batch.advantages, self.ent_coef, self.vf_coef, self.normalize_advantage
-        )
-        return loss, self._segment(stats)
+        return values, log_prob, entropy, batch.returns, batch.advantages
 
-    def _segment(self, stats: dict[str, float]) -> Segment:
+    def _segment(self, stats: dict[str, float]) -> SegmentResult:
         if hasattr(self.policy, "log_std"):
             stats["std"] = th.exp(self.policy.log_std).mean().item()
         stats["explained_variance"] = float(
             explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         )
-        return Segment(n_env_steps=self.n_steps * self.env.num_envs, steps=self.step_log.pop(), stats=stats)
+        return SegmentResult(n_env_steps=self.n_steps * self.env.num_envs, steps=self.step_log.pop(), stats=stats)
 
     def _collect_segment(self) -> None:
         env, policy, buffer = self.env, self.policy, self.rollout_buffer
@@ -168,7 +173,7 @@ class A3CWorker(WorkerLogic):
             self._last_episode_starts = dones
 
         with th.no_grad():
-            last_values = self._values(obs_as_tensor(new_obs, "cpu"), dones)  # type: ignore[arg-type]
+            last_values = self._values(obs_as_tensor(as_observations(new_obs), CPU), dones)
         buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
 
     # What a recurrent policy does differently, step by step (see RecurrentA3CWorker).
@@ -218,12 +223,12 @@ class LeanA3CWorker(A3CWorker):
         super().__init__(env, policy, worker_id, **kwargs)
         policy.set_training_mode(True)  # once: no module depends on it (lean_rollout_applies)
 
-    def compute_loss(self) -> tuple[th.Tensor, Segment]:
+    def compute_loss(self) -> tuple[th.Tensor, SegmentResult]:
         env, policy = self.env, self.policy
         episode_starts = np.empty((self.n_steps, env.num_envs), dtype=np.float32)
         for step in range(self.n_steps):
             with th.no_grad():
-                actions = policy.get_distribution(obs_as_tensor(self._last_obs, "cpu")).get_actions()  # type: ignore[arg-type]
+                actions = policy.get_distribution(obs_as_tensor(self._last_obs, CPU)).get_actions()
             actions_array = actions.reshape((-1, *env.action_space.shape)).numpy()  # type: ignore[misc]
             clipped_actions = actions_for_env(actions_array, env.action_space, policy)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
@@ -290,7 +295,7 @@ class LeanA3CWorker(A3CWorker):
         if hasattr(policy, "log_std"):
             stats["std"] = th.exp(policy.log_std).mean().item()
         stats["explained_variance"] = float(explained_variance(values.flatten(), returns.flatten()))
-        return loss, Segment(n_env_steps=n_rows, steps=steps, stats=stats)
+        return loss, SegmentResult(n_env_steps=n_rows, steps=steps, stats=stats)
 
 
 def generalized_advantages(
@@ -358,9 +363,7 @@ class RecurrentA3CWorker(A3CWorker):
         self.lstm_states = RNNStates((zeros(), zeros()), (zeros(), zeros()))
         self.segment_start_states = self.lstm_states
 
-    def compute_loss(self) -> tuple[th.Tensor, Segment]:
-        self._collect_segment()
-        self.policy.set_training_mode(True)
+    def _evaluate_segment(self) -> tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor, th.Tensor]:
         buffer = self.rollout_buffer
         # (n_steps, n_envs, ...) -> (n_envs * n_steps, ...): each env's steps in order, as _process_sequence reads them.
         flat = buffer.swap_and_flatten
@@ -375,17 +378,8 @@ class RecurrentA3CWorker(A3CWorker):
             self.segment_start_states,
             th.as_tensor(flat(buffer.episode_starts)).flatten(),
         )
-        loss, stats = a3c_loss(
-            values,
-            log_prob,
-            entropy,
-            th.as_tensor(flat(buffer.returns)).flatten(),
-            th.as_tensor(flat(buffer.advantages)).flatten(),
-            self.ent_coef,
-            self.vf_coef,
-            self.normalize_advantage,
-        )
-        return loss, self._segment(stats)
+        returns = th.as_tensor(flat(buffer.returns)).flatten()
+        return values, log_prob, entropy, returns, th.as_tensor(flat(buffer.advantages)).flatten()
 
     def _start_segment(self) -> None:
         # Where an episode starts, the policy zeroes the state anyway; zeroed here, segment_start_states is what the loss uses.

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.dqn.policies import DQNPolicy
 
 from sb3_async.async_q.loss import n_step_targets, q_learning_loss
-from sb3_async.common.collectors import Segment, WorkerLogic
+from sb3_async.common.collectors import SegmentResult, WorkerLogic
 from sb3_async.common.rollout import CPU, StepLog, as_observations, mode_dependent_module, truncations
 
 
@@ -74,7 +74,7 @@ class AsyncQWorker(WorkerLogic):
         with th.no_grad():
             return self.policy.q_net_target(observations).max(dim=1).values
 
-    def compute_loss(self) -> tuple[th.Tensor, Segment]:
+    def compute_loss(self) -> tuple[th.Tensor, SegmentResult]:
         env, n_envs = self.env, self.env.num_envs
         epsilon = self.exploration_schedule(self.progress_remaining)
         if self._mode_matters:
@@ -129,4 +129,4 @@ class AsyncQWorker(WorkerLogic):
             "q_mean": q_values.mean().item(),
             "rollout/exploration_rate": epsilon,
         }
-        return loss, Segment(n_env_steps=self.train_freq * n_envs, steps=self.step_log.pop(), stats=stats)
+        return loss, SegmentResult(n_env_steps=self.train_freq * n_envs, steps=self.step_log.pop(), stats=stats)

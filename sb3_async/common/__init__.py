@@ -1,3 +1,3 @@
-from sb3_async.common.collectors import GradientCollector, LocalCollector, Segment, WorkerError, WorkerLogic, WorkerSpec
+from sb3_async.common.collectors import GradientCollector, LocalCollector, SegmentResult, WorkerError, WorkerLogic, WorkerSpec
 
-__all__ = ["GradientCollector", "LocalCollector", "Segment", "WorkerError", "WorkerLogic", "WorkerSpec"]
+__all__ = ["GradientCollector", "LocalCollector", "SegmentResult", "WorkerError", "WorkerLogic", "WorkerSpec"]

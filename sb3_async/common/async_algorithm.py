@@ -466,7 +466,7 @@ class AsyncAlgorithmMixin(_Host):
     def _excluded_save_params(self) -> list[str]:
         excluded = [
             "_user_env",
-            "_unreported_steps",
+            "_steps_for_callbacks",
             "_policy_buffers",
             "_update_path",
             "_callbacks_read_locals",
@@ -508,8 +508,8 @@ class AsyncAlgorithmMixin(_Host):
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
-        if reset_num_timesteps or not hasattr(self, "_unreported_steps"):
-            self._unreported_steps = PendingSteps()  # env steps not yet passed to callbacks (fewer than n_envs)
+        if reset_num_timesteps or not hasattr(self, "_steps_for_callbacks"):
+            self._steps_for_callbacks = PendingSteps()  # env steps not yet passed to callbacks (fewer than n_envs)
             self.dropped_updates = 0
             self.worker_restarts = 0
         self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
@@ -534,7 +534,7 @@ class AsyncAlgorithmMixin(_Host):
                 while self.num_timesteps < total_timesteps:
                     report = collector.next_report()
                     # As SB3's learning rate for a rollout's update: counting the rollout's own steps.
-                    steps_taken = self.num_timesteps + self._unreported_steps.n_rows + report.segment.n_env_steps
+                    steps_taken = self.num_timesteps + self._steps_for_callbacks.n_rows + report.segment.n_env_steps
                     self._update_current_progress_remaining(steps_taken, total_timesteps)
                     self.worker_restarts = restarts_before + collector.restarts
                     if isinstance(path, WorkersApply):
@@ -575,12 +575,12 @@ class AsyncAlgorithmMixin(_Host):
         buffers = buffers_to_vector(self._policy_buffers)
         if self._update_mode() in WORKER_UPDATE_MODES:
             assert flat_state is not None, "checked at construction: the optimizer class and device='cpu'"
-            steps_taken = self.num_timesteps + self._unreported_steps.n_rows
+            steps_taken = self.num_timesteps + self._steps_for_callbacks.n_rows
             locked = self._update_mode() == "locked"
             settings = WorkerUpdateSettings(self.lr_schedule, self.max_grad_norm, steps_taken, total_timesteps, locked=locked)
             # Exactly the steps the loop of learn() waits for: on_step counts n_envs at a time.
             n_calls_left = -(-(total_timesteps - self.num_timesteps) // self.n_envs)
-            step_budget = n_calls_left * self.n_envs - self._unreported_steps.n_rows
+            step_budget = n_calls_left * self.n_envs - self._steps_for_callbacks.n_rows
             spec, restarts = self._worker_spec(settings), self.max_worker_restarts
             collector = LocalCollector(spec, self.n_workers, flat_params, buffers, flat_state, step_budget, restarts)
             return WorkersApply(collector, self.policy, flat_state, locked)
@@ -680,7 +680,7 @@ class AsyncAlgorithmMixin(_Host):
             self.dropped_updates += 1
         if path.workers_apply and self._vec_normalize_env is None:
             return  # a worker that applies its own updates waits for no answer, and takes its progress from the budget
-        path.collector.release(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
+        path.collector.send_go(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
 
     def _run_callbacks(self, callback: BaseCallback, report: GradientReport) -> bool:
         """
@@ -690,10 +690,10 @@ class AsyncAlgorithmMixin(_Host):
         SB3's ``collect_rollouts`` has them, so that every env step reaches the callbacks exactly once.
         """
         callback.on_rollout_start()
-        self._unreported_steps.add(report.segment.steps, report.segment.n_env_steps)
+        self._steps_for_callbacks.add(report.segment.steps, report.segment.n_env_steps)
         continue_training = True
         n_calls, n_episodes = 0, 0
-        while (step := self._unreported_steps.take(self.n_envs)) is not None:
+        while (step := self._steps_for_callbacks.take(self.n_envs)) is not None:
             self.num_timesteps += self.n_envs
             if self._callbacks_read_locals:  # else nobody would read what SB3's loop has in locals()
                 callback.update_locals(self._callback_locals(step, callback, n_calls, n_episodes))

@@ -31,7 +31,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 
 
 @dataclass
-class OffPolicySegment:
+class OffPolicyTrajectories:
     """``T`` steps of ``B`` envs (or replayed trajectories), time first, as acted by the behaviour policy."""
 
     observations: th.Tensor | dict[str, th.Tensor]  # [T + 1, B, ...]: the last row is the bootstrap state
@@ -110,7 +110,7 @@ def effective_sample_size(rhos: th.Tensor) -> th.Tensor:
 
 def off_policy_ac_loss(
     policy: ActorCriticPolicy,
-    segment: OffPolicySegment,
+    segment: OffPolicyTrajectories,
     gamma: float,
     rho_bar: float,
     c_bar: float,

@@ -23,7 +23,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_async.common.collectors import Segment, WorkerLogic
+from sb3_async.common.collectors import SegmentResult, WorkerLogic
 from sb3_async.common.rollout import (
     Observations,
     StepLog,
@@ -33,7 +33,7 @@ from sb3_async.common.rollout import (
     mode_dependent_module,
 )
 from sb3_async.offpac.behavior import BehaviorPolicy
-from sb3_async.offpac.loss import OffPolicySegment, off_policy_ac_loss
+from sb3_async.offpac.loss import OffPolicyTrajectories, off_policy_ac_loss
 
 
 class SegmentMemory:
@@ -73,7 +73,7 @@ class SegmentMemory:
     def n_transitions(self) -> int:
         return self.size * self.n_steps
 
-    def add(self, segment: OffPolicySegment) -> None:
+    def add(self, segment: OffPolicyTrajectories) -> None:
         """Store each env's trajectory of a time-first ``[T, B]`` segment."""
         n_envs = segment.rewards.shape[1]
         rows = (self._next + np.arange(n_envs)) % self.capacity
@@ -89,14 +89,14 @@ class SegmentMemory:
         self._next = int((self._next + n_envs) % self.capacity)
         self.size = min(self.size + n_envs, self.capacity)
 
-    def sample(self, n_trajectories: int, rng: np.random.Generator) -> OffPolicySegment:
+    def sample(self, n_trajectories: int, rng: np.random.Generator) -> OffPolicyTrajectories:
         """``n_trajectories`` stored trajectories, uniformly with replacement, as a time-first segment."""
         rows = rng.integers(self.size, size=n_trajectories)
 
         def pick(array: np.ndarray) -> th.Tensor:
             return th.as_tensor(array[rows]).transpose(0, 1)
 
-        return OffPolicySegment(
+        return OffPolicyTrajectories(
             observations=_map_observations(pick, self.observations),
             actions=pick(self.actions),
             rewards=pick(self.rewards),
@@ -166,14 +166,14 @@ class OffPACWorker(WorkerLogic):
         # set_training_mode walks every module: worth it only where one depends on the mode.
         self._mode_matters = mode_dependent_module(policy) is not None
 
-    def compute_loss(self) -> tuple[th.Tensor, Segment]:
+    def compute_loss(self) -> tuple[th.Tensor, SegmentResult]:
         if self._mode_matters:
             self.policy.set_training_mode(True)
         if self.memory is not None and self._replay_credit >= 1.0 and self.memory.n_transitions >= self.replay_starts:
             self._replay_credit -= 1.0
             replayed = self.memory.sample(self.replay_trajectories, self._rng)
             loss, stats = off_policy_ac_loss(self.policy, replayed, **self.loss_kwargs)
-            return loss, Segment(n_env_steps=0, stats={**stats, "offpac/replay_fraction": 1.0})
+            return loss, SegmentResult(n_env_steps=0, stats={**stats, "offpac/replay_fraction": 1.0})
 
         fresh = self._act_one_segment()
         # A non-finite reward makes this gradient one the learner drops; replaying it would only repeat that.
@@ -182,9 +182,9 @@ class OffPACWorker(WorkerLogic):
             self._replay_credit += self.replay_ratio
         loss, stats = off_policy_ac_loss(self.policy, fresh, **self.loss_kwargs)
         stats["offpac/replay_fraction"] = 0.0
-        return loss, Segment(n_env_steps=self.n_steps * self.env.num_envs, steps=self.step_log.pop(), stats=stats)
+        return loss, SegmentResult(n_env_steps=self.n_steps * self.env.num_envs, steps=self.step_log.pop(), stats=stats)
 
-    def _act_one_segment(self) -> OffPolicySegment:
+    def _act_one_segment(self) -> OffPolicyTrajectories:
         env, policy = self.env, self.policy
         if self._mode_matters:
             policy.set_training_mode(False)
@@ -219,7 +219,7 @@ class OffPACWorker(WorkerLogic):
         def stack(rows: list) -> th.Tensor:
             return th.as_tensor(np.stack(rows))
 
-        segment = OffPolicySegment(
+        segment = OffPolicyTrajectories(
             observations=_map_observations(lambda *rows: stack(list(rows)), *observations),
             actions=stack(actions),
             rewards=stack(rewards).float(),

@@ -22,7 +22,7 @@ from sb3_async.common.collectors.base import (
     SLOTS_PER_WORKER,
     GradientCollector,
     GradientReport,
-    Segment,
+    SegmentResult,
     WorkerCore,
     WorkerError,
     WorkerLogic,
@@ -37,6 +37,8 @@ from sb3_async.common.collectors.base import (
 from sb3_async.common.collectors.local import LocalCollector
 
 BACKENDS = ("local", "ray")
+# SegmentResult's name until 2026-12-04, for WorkerLogic classes written against it.
+Segment = SegmentResult
 
 __all__ = [
     "BACKENDS",
@@ -44,7 +46,7 @@ __all__ = [
     "GradientCollector",
     "GradientReport",
     "LocalCollector",
-    "Segment",
+    "SegmentResult",
     "WorkerCore",
     "WorkerError",
     "WorkerLogic",

@@ -31,7 +31,7 @@ SLOTS_PER_WORKER = 2
 
 
 @dataclass
-class Segment:
+class SegmentResult:
     """What a worker tells the learner about the experience behind one gradient."""
 
     n_env_steps: int
@@ -60,7 +60,7 @@ class WorkerLogic(ABC):
         self.progress_remaining = 1.0
 
     @abstractmethod
-    def compute_loss(self) -> tuple[th.Tensor, Segment]:
+    def compute_loss(self) -> tuple[th.Tensor, SegmentResult]:
         """Run one segment with the freshly synced policy; return its loss and what it saw."""
 
 
@@ -95,7 +95,7 @@ class GradientReport:
 
     worker_id: int
     params_version: int
-    segment: Segment
+    segment: SegmentResult
     normalization: NormalizationStatistics | None = None
     slot: int = 0  # which of the worker's gradient slots holds it
     # Updates applied since the worker copied the parameters: filled in by the learner, or by a Hogwild worker.
@@ -245,7 +245,7 @@ class WorkerCore:
             self.buffers_at_start = buffers.clone()
             vector_to_buffers(self.buffers_at_start, self.buffers)
 
-    def run_segment(self) -> Segment:
+    def run_segment(self) -> SegmentResult:
         """Run one segment and backpropagate its loss into the local policy's ``.grad``."""
         loss, segment = self.logic.compute_loss()
         self.local_gradient.zero_()
@@ -295,21 +295,24 @@ class GradientCollector(ABC):
 
     @abstractmethod
     def gradient(self, report: GradientReport) -> th.Tensor:
-        """The report's flat gradient, valid until its worker is released."""
+        """The report's flat gradient, valid until its worker is sent its next go."""
 
     @abstractmethod
     def buffer_change(self, report: GradientReport) -> th.Tensor:
-        """How the report's segment changed the policy buffers, valid until its worker is released."""
+        """How the report's segment changed the policy buffers, valid until its worker is sent its next go."""
 
     @abstractmethod
     def publish(self, flat_params: th.Tensor, flat_buffers: th.Tensor | None = None) -> None:
         """Make ``flat_params`` (and ``flat_buffers``) the parameters (and buffers) that workers copy from now on."""
 
     @abstractmethod
-    def release(
+    def send_go(
         self, worker_id: int, normalization: NormalizationStatistics | None = None, progress_remaining: float = 1.0
     ) -> None:
-        """Answer worker ``worker_id``'s oldest report, with the newest statistics and progress."""
+        """
+        Send worker ``worker_id`` a "go" (:class:`Go`): the first lets it start; each later one answers its
+        oldest report (that report's slot is free again), with the newest VecNormalize statistics and progress.
+        """
 
     @abstractmethod
     def close(self) -> None:

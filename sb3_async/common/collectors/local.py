@@ -15,7 +15,7 @@ gradients in shared memory::
     apply gradients[k, slot] with the one optimizer,     ... then its next segment
       add buffer_changes[k, slot]
     publish() ---> params, buffers (shm), params_version += 1
-    release(k) --- go pipe k: "go" (+ VecNormalize stats, progress) ---> read when it comes: slot free, newest stats
+    send_go(k) --- go pipe k: "go" (+ VecNormalize stats, progress) ---> read when it comes: slot free, newest stats
     callbacks' on_step once per n_envs reported env steps
 
 Policy buffers (BatchNorm's running statistics) travel like the parameters: the learner publishes
@@ -388,7 +388,7 @@ class LocalCollector(GradientCollector):
             assert isinstance(message, _Ready), f"unexpected message before start: {message}"
             ready.add(message.worker_id)
         for worker_id in range(self.n_workers):
-            self.release(worker_id)
+            self.send_go(worker_id)
 
     def next_report(self) -> GradientReport:
         """Block until some worker's gradient is ready (raises :class:`WorkerError` if one fails)."""
@@ -400,7 +400,7 @@ class LocalCollector(GradientCollector):
                 self._restart_or_raise(died)
                 continue
             if isinstance(message, _Ready):  # a replacement built its envs: let it run
-                self.release(message.worker_id)
+                self.send_go(message.worker_id)
                 continue
             break
         self.idle_seconds += time.perf_counter() - waiting_since
@@ -457,7 +457,7 @@ class LocalCollector(GradientCollector):
             self.version += 1
             self._shared.params_version.fill_(self.version)
 
-    def release(
+    def send_go(
         self, worker_id: int, normalization: NormalizationStatistics | None = None, progress_remaining: float = 1.0
     ) -> None:
         try:

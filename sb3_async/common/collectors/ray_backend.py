@@ -9,7 +9,7 @@ Ray and shuts it down at the end::
     actor_k.compute_gradient.remote(published, go) ----> load params, run a segment, backpropagate
     ray.wait(calls in flight, num_returns=1) <---------- return (GradientReport, gradient, buffer change)
     apply it, then publish()
-    release(k): actor_k's next call, with the newest parameters
+    send_go(k): actor_k's next call, with the newest parameters
 
 Large parameters (over ``INLINE_BYTES``) go through the object store, one ``ray.put`` per update
 however many workers read them; small ones travel inside each call, as Ray inlines small
@@ -266,7 +266,7 @@ class RayCollector(GradientCollector):
         published = (params, buffers, version)
         self._published = published if params.nbytes + buffers.nbytes <= INLINE_BYTES else self._ray.put(published)
 
-    def release(
+    def send_go(
         self, worker_id: int, normalization: NormalizationStatistics | None = None, progress_remaining: float = 1.0
     ) -> None:
         self._payloads.pop(worker_id, None)
