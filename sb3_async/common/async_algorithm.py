@@ -1,12 +1,15 @@
 """The learner loop shared by the asynchronous algorithms (mixed into SB3's base algorithm classes)."""
 
 import copy
+import io
 import os
+import pathlib
+import secrets
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -212,6 +215,15 @@ def _rows(column: Any, start: int, stop: int | None) -> Any:
     if isinstance(column, dict):
         return {key: value[start:stop] for key, value in column.items()}
     return column[start:stop]
+
+
+def _flush_to_disk(path: pathlib.Path) -> None:
+    """``fsync`` a file or a folder, so that what was written (or renamed) in it survives a crash of the machine."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 if TYPE_CHECKING:  # to the type checker, the mixin is what it is mixed into: an SB3 algorithm, whose attributes it uses
@@ -473,6 +485,38 @@ class AsyncAlgorithmMixin(_Host):
             "_requested_layout",
         ]
         return [*super()._excluded_save_params(), *excluded]
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """
+        SB3's ``save``, made atomic for a path: the zip is written to a temporary file in the same
+        folder, flushed to disk, then renamed over ``path`` (``os.replace``, atomic on POSIX). So the
+        file at ``path`` is always a whole model, the old one until the new one is complete, even if
+        this process is killed mid-save (an ``EvalCallback`` rewriting ``best_model.zip``, say). A
+        process killed mid-save may leave its temporary file (``.<name>.<pid>.<random>.partial.zip``);
+        an exception removes it. A file object is written as SB3 writes it.
+        """
+        if isinstance(path, io.BufferedIOBase):
+            return super().save(path, exclude, include)
+        target = pathlib.Path(path)
+        if target.suffix == "":  # SB3 names it so
+            target = target.with_name(f"{target.name}.zip")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial.zip")
+        try:
+            super().save(partial, exclude, include)
+            _flush_to_disk(partial)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)  # gone already, unless the save failed
+        try:
+            _flush_to_disk(target.parent)  # the rename itself, on file systems that need it
+        except OSError:  # a folder cannot be opened on Windows: the rename is as durable as it gets there
+            pass
 
     def get_parameters(self) -> dict[str, dict]:
         """SB3's ``get_parameters``; during ``learn()`` (a callback saving, say), with the optimizer state stepped then."""
