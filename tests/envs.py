@@ -36,6 +36,26 @@ class NaNRewardEnv(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class NaNFromEnv(gym.Wrapper):
+    """CartPole whose rewards (or observations) are NaN from its step ``nan_from`` on (counted from 1, across episodes)."""
+
+    def __init__(self, nan_from: int = 100, what: str = "reward"):
+        super().__init__(gym.make("CartPole-v1"))
+        self.nan_from, self.what = nan_from, what
+        self.n_steps = 0
+
+    def step(self, action):
+        self.n_steps += 1
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.n_steps >= self.nan_from:
+            if self.what == "reward":
+                reward = float("nan")
+            else:
+                obs = obs.copy()
+                obs[2] = np.nan
+        return obs, reward, terminated, truncated, info
+
+
 class TupleActionEnv(gym.Env):
     observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
     action_space = spaces.Tuple((spaces.Discrete(2), spaces.Discrete(2)))

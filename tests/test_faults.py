@@ -2,21 +2,23 @@
 
 import functools
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import pytest
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 
-from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC, WorkerError
+from sb3_async import A3C, AsyncQLearning, AsyncSARSA, NonFiniteTrainingError, OffPolicyAC, WorkerError
 from sb3_async.common.collectors import LocalCollector
 from tests.conftest import RecordingOutput, forkserver_children
-from tests.envs import NaNRewardEnv, RaisingEnv
+from tests.envs import NaNFromEnv, NaNRewardEnv, RaisingEnv
 
 FAST = dict(n_workers=2, n_steps=5, seed=0, device="cpu")
 ALGORITHMS = {
@@ -134,7 +136,10 @@ def test_exception_in_a_callback_stops_every_worker(make_model, no_leaks):
 @every_algorithm
 def test_non_finite_gradient_is_dropped_and_counted(make_model, no_leaks):
     model = make_model(lambda: NaNRewardEnv(nan_at=30))
-    model.learn(500)
+    with pytest.warns(
+        UserWarning, match=r"dropped an update, which met a reward of nan from env 0 of worker \d, at that env's step 29"
+    ):
+        model.learn(500)
     # One NaN reward in each worker's env; OffPolicyAC does not keep that segment for replay.
     assert model.dropped_updates == 2
     for param in model.policy.parameters():
@@ -144,6 +149,44 @@ def test_non_finite_gradient_is_dropped_and_counted(make_model, no_leaks):
         assert model._n_updates == pytest.approx(2 * fresh_updates - 4, abs=4)
     else:
         assert model._n_updates == pytest.approx(fresh_updates, abs=2)
+
+
+@every_algorithm
+def test_updates_that_are_all_dropped_stop_training_and_name_the_first_bad_step(make_model, no_leaks):
+    model = make_model(functools.partial(NaNFromEnv, nan_from=100), max_dropped_updates_in_a_row=20)
+    with pytest.warns(UserWarning, match="dropped an update"):
+        with pytest.raises(NonFiniteTrainingError, match="the last 20 updates were all dropped") as error:
+            model.learn(100_000)
+    # Each worker's env turns at its 100th step (index 99); the first dropped update of the run is named.
+    assert re.search(
+        r"first update dropped in this run met a reward of nan from env 0 of worker \d, at that env's step 99 ",
+        str(error.value),
+    )
+    assert model.num_timesteps < 2 * 100 + 25 * 5 * 2  # it stopped, soon after the data went bad
+
+
+@every_algorithm
+def test_a_non_finite_observation_is_named_with_its_env_and_step(make_model, no_leaks):
+    # A policy that samples from its logits fails on it at once (a WorkerError); an epsilon-greedy argmax acts on,
+    # and its updates are dropped until training stops. Either way the error says which observation it was.
+    model = make_model(functools.partial(NaNFromEnv, nan_from=100, what="observation"), max_dropped_updates_in_a_row=20)
+    with pytest.raises((WorkerError, NonFiniteTrainingError)) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the first dropped update's warning, where there is one
+            model.learn(100_000)
+    message = str(error.value)
+    named = r"the policy failed on an observation that is not finite; the first was an observation of nan from env 0 of "
+    named += r"worker \d, at that env's step 99 "
+    dropped = r"first update dropped in this run met an observation of nan from env 0 of worker \d, at that env's step 99 "
+    assert re.search(named if isinstance(error.value, WorkerError) else dropped, message), message
+
+
+def test_the_learner_mode_names_the_bad_step_too(no_leaks):
+    model = A3C(
+        "MlpPolicy", functools.partial(NaNFromEnv, nan_from=50), update_mode="learner", max_dropped_updates_in_a_row=5, **FAST
+    )
+    with pytest.warns(UserWarning), pytest.raises(NonFiniteTrainingError, match="a reward of nan from env 0 of worker"):
+        model.learn(100_000)
 
 
 def _process_group_members(group: int) -> list[int]:

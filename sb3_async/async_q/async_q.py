@@ -82,6 +82,10 @@ class AsyncQLearning(AsyncOffPolicyAlgorithm, DQN):
     :param max_worker_restarts: How many times in one ``learn()`` a worker that dies (its process, its Ray actor
         or its node) is rebuilt, with new envs and the newest parameters, before a death stops training with
         ``WorkerError``. An exception raised by an env or the loss always stops training
+    :param max_dropped_updates_in_a_row: A gradient that is not finite is dropped and counted
+        (``async/dropped_updates``), with a warning the first time; when this many in a row are dropped, nothing
+        is being learned, and ``learn()`` raises ``NonFiniteTrainingError`` naming where the first of them met a
+        non-finite reward, observation or value (worker, env, step)
     :param ray_actor_options: ``backend="ray"`` only: the options of each worker's actor (``num_cpus``, 1 by
         default, ``resources``, ``runtime_env``, ...), one dict for all or a list of one dict per worker
     :param ray_init_kwargs: ``backend="ray"`` only: keyword arguments for the ``ray.init`` that ``learn()``
@@ -126,6 +130,7 @@ class AsyncQLearning(AsyncOffPolicyAlgorithm, DQN):
         update_mode: str = "auto",
         backend: str = "local",
         max_worker_restarts: int = 0,
+        max_dropped_updates_in_a_row: int = 100,
         ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None = None,
         ray_init_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
@@ -144,6 +149,7 @@ class AsyncQLearning(AsyncOffPolicyAlgorithm, DQN):
             update_mode,
             backend,
             max_worker_restarts,
+            max_dropped_updates_in_a_row,
             ray_actor_options,
             ray_init_kwargs,
             n_steps,

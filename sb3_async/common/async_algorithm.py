@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -217,6 +218,10 @@ def _rows(column: Any, start: int, stop: int | None) -> Any:
     return column[start:stop]
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Every update of the last ``max_dropped_updates_in_a_row`` was dropped as not finite: training learns nothing."""
+
+
 def _flush_to_disk(path: pathlib.Path) -> None:
     """``fsync`` a file or a folder, so that what was written (or renamed) in it survives a crash of the machine."""
     descriptor = os.open(path, os.O_RDONLY)
@@ -252,12 +257,16 @@ class AsyncAlgorithmMixin(_Host):
     wait_for_own_update: bool = True
     backend: str = "local"
     max_worker_restarts: int = 0
+    max_dropped_updates_in_a_row: int = 100
     ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None = None
     ray_init_kwargs: dict[str, Any] | None = None
     _user_env: Any
     # Counted over the learn() calls of one run (reset with reset_num_timesteps).
     dropped_updates: int = 0
     worker_restarts: int = 0
+    # The updates dropped since the last applied one with fresh env steps; the first dropped update of the run.
+    _dropped_in_a_row: int = 0
+    _first_dropped: str | None = None
     # During learn(): who applies the updates (the learner, or the workers), with the optimizer state and the collector.
     _update_path: UpdatePath | None = None
     # During learn(): whether a callback may read self.locals at on_step (else the learner builds none).
@@ -276,6 +285,7 @@ class AsyncAlgorithmMixin(_Host):
         update_mode: str,
         backend: str,
         max_worker_restarts: int,
+        max_dropped_updates_in_a_row: int,
         ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None,
         ray_init_kwargs: dict[str, Any] | None,
         n_steps: int,
@@ -302,6 +312,7 @@ class AsyncAlgorithmMixin(_Host):
         self.update_mode = update_mode
         self.backend = backend
         self.max_worker_restarts = max_worker_restarts
+        self.max_dropped_updates_in_a_row = max_dropped_updates_in_a_row
         self.ray_actor_options = ray_actor_options
         self.ray_init_kwargs = ray_init_kwargs
         if AUTO in self._requested_layout and self.backend != "local":
@@ -313,7 +324,13 @@ class AsyncAlgorithmMixin(_Host):
         self._user_env = env
 
     def _validate_async_arguments(self, n_steps: int) -> None:
-        for name, value in (("n_workers", self.n_workers), ("envs_per_worker", self.envs_per_worker), ("n_steps", n_steps)):
+        checked = (
+            ("n_workers", self.n_workers),
+            ("envs_per_worker", self.envs_per_worker),
+            ("n_steps", n_steps),
+            ("max_dropped_updates_in_a_row", self.max_dropped_updates_in_a_row),
+        )
+        for name, value in checked:
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         requested_mode = self.update_mode
@@ -483,6 +500,8 @@ class AsyncAlgorithmMixin(_Host):
             "_update_path",
             "_callbacks_read_locals",
             "_requested_layout",
+            "_dropped_in_a_row",
+            "_first_dropped",
         ]
         return [*super()._excluded_save_params(), *excluded]
 
@@ -555,6 +574,7 @@ class AsyncAlgorithmMixin(_Host):
         if reset_num_timesteps or not hasattr(self, "_steps_for_callbacks"):
             self._steps_for_callbacks = PendingSteps()  # env steps not yet passed to callbacks (fewer than n_envs)
             self.dropped_updates = 0
+            self._dropped_in_a_row, self._first_dropped = 0, None
             self.worker_restarts = 0
         self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
         # The learner's apply is on every worker's critical path. Parameters and gradients as views of
@@ -719,12 +739,34 @@ class AsyncAlgorithmMixin(_Host):
             self._n_updates += 1
             if report.normalization is not None and self._vec_normalize_env is not None:
                 report.normalization.merge_into(self._vec_normalize_env)
+            if report.segment.n_env_steps > 0:  # fresh data was learned from (a replay says nothing of the env now)
+                self._dropped_in_a_row = 0
         else:
             # A dropped update contributes nothing, not even its normalization statistics.
-            self.dropped_updates += 1
+            self._count_dropped_update(report)
         if path.workers_apply and self._vec_normalize_env is None:
             return  # a worker that applies its own updates waits for no answer, and takes its progress from the budget
         path.collector.send_go(report.worker_id, self._normalization_statistics(), self._current_progress_remaining)
+
+    def _count_dropped_update(self, report: GradientReport) -> None:
+        """A non-finite gradient was dropped: count it, warn the first time, and stop when nothing is being learned."""
+        where = report.segment.non_finite or f"a gradient that is not finite in worker {report.worker_id}"
+        self.dropped_updates += 1
+        self._dropped_in_a_row += 1
+        if self._first_dropped is None:
+            self._first_dropped = where
+        if self.dropped_updates == 1:
+            warnings.warn(
+                f"{type(self).__name__} dropped an update, which met {where}. Dropped updates are not applied and are counted "
+                f"in async/dropped_updates; {self.max_dropped_updates_in_a_row} in a row stop training.",
+                stacklevel=2,
+            )
+        if self._dropped_in_a_row >= self.max_dropped_updates_in_a_row:
+            raise NonFiniteTrainingError(
+                f"the last {self._dropped_in_a_row} updates were all dropped as not finite, so nothing is being learned. "
+                f"The first update dropped in this run met {self._first_dropped}; the last, {where}. Check the env's "
+                f"rewards and observations (VecCheckNan finds the step), or lower the learning rate."
+            )
 
     def _run_callbacks(self, callback: BaseCallback, report: GradientReport) -> bool:
         """

@@ -122,3 +122,31 @@ def bootstrap_truncations(
         terminal_obs = policy.obs_to_tensor(terminal_observation)[0]
         with th.no_grad():
             rewards[idx] += gamma * policy.predict_values(terminal_obs)[0].item()
+
+
+# What a worker checks before it sends a segment, in this order: the first that is not finite is named.
+CHECKED_FOR_FINITE = (("rewards", "reward"), ("new_obs", "observation"), ("values", "value estimate"))
+
+
+def first_non_finite(steps: dict[str, Any]) -> tuple[str, int, int, float] | None:
+    """
+    ``(what, env, step in the segment, value)`` of the first reward, observation or value estimate in a segment's
+    step log (time-first columns) that is not finite, or None. Vectorised: a few microseconds for
+    small envs, and nothing for integer observations (images), which are always finite.
+    """
+    for key, what in CHECKED_FOR_FINITE:
+        column = steps.get(key)
+        parts = column.items() if isinstance(column, dict) else [(None, column)]
+        for name, array in parts:
+            if array is None:
+                continue
+            values = np.asarray(array)
+            if values.ndim < 2 or not np.issubdtype(values.dtype, np.floating):
+                continue
+            finite = np.isfinite(values.reshape(*values.shape[:2], -1)).all(axis=2)
+            if not finite.all():
+                step, env = (int(index) for index in np.argwhere(~finite)[0])
+                bad = values[step, env].reshape(-1)
+                label = what if name is None else f"{what} {name!r}"
+                return label, env, step, float(bad[~np.isfinite(bad)][0])
+    return None

@@ -1,7 +1,9 @@
 """The VecEnv a worker steps its envs in: SB3's ``DummyVecEnv`` without the per-step deep copy of the infos."""
 
+from typing import Any
+
 import numpy as np
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 
@@ -14,6 +16,11 @@ class WorkerDummyVecEnv(DummyVecEnv):
     CartPole with 8 envs the deep copy was about a tenth of a worker's time.
     """
 
+    # The first observation returned that was not finite, since take_non_finite_observation last took it:
+    # (env index, that env's step from 0, the value). An episode's last one counts too (its terminal_observation).
+    first_non_finite_obs: tuple[int, int, float] | None = None
+    steps_taken = 0
+
     def step_wait(self) -> VecEnvStepReturn:
         for env_idx in range(self.num_envs):
             obs, self.buf_rews[env_idx], terminated, truncated, self.buf_infos[env_idx] = self.envs[env_idx].step(
@@ -23,7 +30,46 @@ class WorkerDummyVecEnv(DummyVecEnv):
             self.buf_infos[env_idx]["TimeLimit.truncated"] = truncated and not terminated
             if self.buf_dones[env_idx]:
                 self.buf_infos[env_idx]["terminal_observation"] = obs
+                if self.first_non_finite_obs is None:  # an episode's last observation is checked as it ends
+                    bad = _first_non_finite_value(obs)
+                    if bad is not None:
+                        self.first_non_finite_obs = (env_idx, self.steps_taken, bad)
                 obs, self.reset_infos[env_idx] = self.envs[env_idx].reset()
             self._save_obs(env_idx, obs)
+        if self.first_non_finite_obs is None:
+            self._look_for_non_finite_obs()
+        self.steps_taken += 1
         infos = [dict(info) for info in self.buf_infos]
         return self._obs_from_buf(), np.copy(self.buf_rews), np.copy(self.buf_dones), infos
+
+    def _look_for_non_finite_obs(self) -> None:
+        # One vectorised check per step of all envs; integer observations (images) are always finite.
+        for observations in self.buf_obs.values():
+            if observations.dtype.kind != "f" or np.isfinite(observations).all():
+                continue
+            per_env = observations.reshape(self.num_envs, -1)
+            env_idx = int(np.flatnonzero(~np.isfinite(per_env).all(axis=1))[0])
+            bad = per_env[env_idx]
+            self.first_non_finite_obs = (env_idx, self.steps_taken, float(bad[~np.isfinite(bad)][0]))
+            return
+
+
+def _first_non_finite_value(obs: Any) -> float | None:
+    for value in obs.values() if isinstance(obs, dict) else [obs]:
+        array = np.asarray(value)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            return float(array[~np.isfinite(array)][0])
+    return None
+
+
+def take_non_finite_observation(venv: VecEnv) -> tuple[int, int, float] | None:
+    """
+    The first observation that was not finite since the last call, as ``(env, that env's step, value)``, from
+    a worker's :class:`WorkerDummyVecEnv` under any VecEnv wrappers (None for another VecEnv).
+    """
+    while not isinstance(venv, WorkerDummyVecEnv):
+        if not isinstance(venv, VecEnvWrapper):
+            return None
+        venv = venv.venv
+    found, venv.first_non_finite_obs = venv.first_non_finite_obs, None
+    return found

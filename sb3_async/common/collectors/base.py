@@ -22,6 +22,8 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
 from sb3_async.common.normalization import NormalizationStatistics, WorkerVecNormalize
+from sb3_async.common.rollout import first_non_finite
+from sb3_async.common.worker_vec_env import take_non_finite_observation
 from sb3_async.common.worker_envs import WorkerEnvFactory
 from sb3_async.common.worker_updates import WorkerUpdateSettings
 
@@ -39,6 +41,9 @@ class SegmentResult:
     # a gradient that took no env steps (e.g. OffPolicyAC's replay).
     steps: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    # Where the segment first held a reward, observation or value that is not finite (filled by WorkerCore):
+    # what the learner names when it drops the gradient.
+    non_finite: str | None = None
 
 
 class WorkerLogic(ABC):
@@ -125,6 +130,10 @@ class WorkerError(RuntimeError):
         if worker_traceback:
             message += f"\n\nTraceback in worker {worker_id}:\n{worker_traceback}"
         super().__init__(message)
+
+
+class NonFiniteObservationError(ValueError):
+    """A worker's env returned an observation that is not finite, and the worker's policy failed on it."""
 
 
 class WorkerDied(Exception):
@@ -232,6 +241,8 @@ class WorkerCore:
         self.buffers = list(self.policy.buffers())
         self.buffers_at_start = th.zeros(0, dtype=th.float64)
         self.logic = spec.logic_class(self.env, self.policy, worker_id, **spec.logic_kwargs)
+        self.steps_per_env = 0  # env steps each of its envs has taken, in the segments reported so far
+        self._last_bad_observation: tuple[int, int, float] | None = None  # the last fresh segment's, if it had one
 
     def take_answer(self, answer: Go) -> None:
         if answer.normalization is not None and self.vec_normalize is not None:
@@ -247,10 +258,44 @@ class WorkerCore:
 
     def run_segment(self) -> SegmentResult:
         """Run one segment and backpropagate its loss into the local policy's ``.grad``."""
-        loss, segment = self.logic.compute_loss()
+        try:
+            loss, segment = self.logic.compute_loss()
+        except Exception as error:
+            # The first of the last fresh segment's, or of this one's: where the env began to return them.
+            bad_observation = self._last_bad_observation or take_non_finite_observation(self.env)
+            if bad_observation is None:
+                raise
+            raise NonFiniteObservationError(
+                f"the policy failed on an observation that is not finite; the first was "
+                f"{self._describe_non_finite('observation', *bad_observation)}"
+            ) from error
         self.local_gradient.zero_()
         loss.backward()
+        # What the learner names if it drops this gradient: an observation as the VecEnv saw it (an episode's
+        # last one included), else a reward or value estimate as the step log holds it, else the loss itself.
+        bad_observation = take_non_finite_observation(self.env)
+        if segment.n_env_steps > 0:  # a replayed segment (OffPolicyAC) took no step: the last one stands
+            self._last_bad_observation = bad_observation
+        in_step_log = first_non_finite(segment.steps) if bad_observation is None else None
+        if bad_observation is not None:
+            segment.non_finite = self._describe_non_finite("observation", *bad_observation)
+        elif in_step_log is not None:
+            what, env, step_in_segment, value = in_step_log
+            segment.non_finite = self._describe_non_finite(what, env, self.steps_per_env + step_in_segment, value)
+        elif not th.isfinite(loss):
+            segment.non_finite = (
+                f"a loss of {loss.item()} in worker {self.worker_id} from finite rewards and observations "
+                f"(the network or the hyperparameters)"
+            )
+        self.steps_per_env += segment.n_env_steps // self.env.num_envs
         return segment
+
+    def _describe_non_finite(self, what: str, env: int, step: int, value: float) -> str:
+        article = "an" if what[0] in "aeiou" else "a"
+        return (
+            f"{article} {what} of {value} from env {env} of worker {self.worker_id}, at that env's step {step} "
+            f"(counted from the worker's start)"
+        )
 
     def write_gradient(self, out: th.Tensor) -> None:
         out.copy_(self.local_gradient)
