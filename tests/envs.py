@@ -1,5 +1,8 @@
 """Small envs for the tests. Module-level, so that the worker processes can import them."""
 
+import os
+import time
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -34,6 +37,33 @@ class NaNRewardEnv(gym.Wrapper):
         if self.n_steps == self.nan_at:
             reward = float("nan")
         return obs, reward, terminated, truncated, info
+
+
+class HangingEnv(gym.Wrapper):
+    """
+    CartPole whose step hangs (sleeps an hour) at its step ``hang_at``: in every copy, or, when ``once_marker``
+    names a file, only in the first copy to get there (it creates the file), so that a replacement does not hang.
+    """
+
+    def __init__(self, hang_at: int = 50, once_marker: str | None = None):
+        super().__init__(gym.make("CartPole-v1"))
+        self.hang_at, self.once_marker = hang_at, once_marker
+        self.n_steps = 0
+
+    def step(self, action):
+        self.n_steps += 1
+        if self.n_steps == self.hang_at and self._first_to_hang():
+            time.sleep(3600)
+        return self.env.step(action)
+
+    def _first_to_hang(self) -> bool:
+        if self.once_marker is None:
+            return True
+        try:
+            os.close(os.open(self.once_marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        return True
 
 
 class NaNFromEnv(gym.Wrapper):

@@ -5,6 +5,7 @@ Every test here is marked ``ray``: outside a loopback-only network namespace, co
 them inside one (see there). The A3C API tests run on both backends in test_a3c_api.py.
 """
 
+import functools
 import os
 import signal
 import time
@@ -16,7 +17,7 @@ from stable_baselines3.common.logger import Logger
 from sb3_async import A3C, AsyncQLearning, OffPolicyAC, WorkerError
 from sb3_async.common.collectors import ray_backend
 from tests.conftest import RecordingOutput
-from tests.envs import RaisingEnv
+from tests.envs import HangingEnv, RaisingEnv
 from tests.test_learning import assert_solves_cartpole
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
@@ -115,6 +116,15 @@ def test_env_that_raises_on_an_actor_is_an_error_not_a_restart():
     assert "RuntimeError: the env broke on purpose" in str(error.value)
     assert "tests/envs.py" in error.value.worker_traceback
     assert model.worker_restarts == 0
+
+
+def test_a_silent_actor_is_named_and_replaced_while_restarts_are_left(tmp_path):
+    env = functools.partial(HangingEnv, hang_at=50, once_marker=str(tmp_path / "hung"))  # the replacement does not hang
+    model = A3C("MlpPolicy", env, worker_timeout=1.0, max_worker_restarts=1, **FAST)
+    with pytest.warns(UserWarning, match=r"has sent nothing for \d+ s; it is computing a gradient .* it is replaced"):
+        model.learn(20_000)
+    assert model.worker_restarts == 1
+    assert model.num_timesteps >= 20_000
 
 
 def test_large_parameters_go_through_the_object_store(monkeypatch):

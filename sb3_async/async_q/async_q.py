@@ -82,6 +82,9 @@ class AsyncQLearning(AsyncOffPolicyAlgorithm, DQN):
     :param max_worker_restarts: How many times in one ``learn()`` a worker that dies (its process, its Ray actor
         or its node) is rebuilt, with new envs and the newest parameters, before a death stops training with
         ``WorkerError``. An exception raised by an env or the loss always stops training
+    :param worker_timeout: Seconds a worker may send nothing (an env whose step hangs, say) before a warning names it
+        and what it was doing, counted in ``async/stalled_workers``; with restarts left (``max_worker_restarts``)
+        it is replaced as a dead worker would be
     :param max_dropped_updates_in_a_row: A gradient that is not finite is dropped and counted
         (``async/dropped_updates``), with a warning the first time; when this many in a row are dropped, nothing
         is being learned, and ``learn()`` raises ``NonFiniteTrainingError`` naming where the first of them met a
@@ -130,6 +133,7 @@ class AsyncQLearning(AsyncOffPolicyAlgorithm, DQN):
         update_mode: str = "auto",
         backend: str = "local",
         max_worker_restarts: int = 0,
+        worker_timeout: float = 60.0,
         max_dropped_updates_in_a_row: int = 100,
         ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None = None,
         ray_init_kwargs: dict[str, Any] | None = None,
@@ -149,6 +153,7 @@ class AsyncQLearning(AsyncOffPolicyAlgorithm, DQN):
             update_mode,
             backend,
             max_worker_restarts,
+            worker_timeout,
             max_dropped_updates_in_a_row,
             ray_actor_options,
             ray_init_kwargs,

@@ -49,7 +49,7 @@ from sb3_async.common.collectors import (
     flat_parameters_view,
     vector_to_buffers,
 )
-from sb3_async.common.collectors.base import check_restarts
+from sb3_async.common.collectors.base import DEFAULT_WORKER_TIMEOUT, check_restarts
 from sb3_async.common.collectors.ray_backend import RayCollector, check_actor_options, import_ray
 from sb3_async.common.normalization import NormalizationStatistics
 from sb3_async.common.worker_envs import WorkerEnvFactory
@@ -257,6 +257,7 @@ class AsyncAlgorithmMixin(_Host):
     wait_for_own_update: bool = True
     backend: str = "local"
     max_worker_restarts: int = 0
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
     max_dropped_updates_in_a_row: int = 100
     ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None = None
     ray_init_kwargs: dict[str, Any] | None = None
@@ -285,6 +286,7 @@ class AsyncAlgorithmMixin(_Host):
         update_mode: str,
         backend: str,
         max_worker_restarts: int,
+        worker_timeout: float,
         max_dropped_updates_in_a_row: int,
         ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None,
         ray_init_kwargs: dict[str, Any] | None,
@@ -312,6 +314,7 @@ class AsyncAlgorithmMixin(_Host):
         self.update_mode = update_mode
         self.backend = backend
         self.max_worker_restarts = max_worker_restarts
+        self.worker_timeout = worker_timeout
         self.max_dropped_updates_in_a_row = max_dropped_updates_in_a_row
         self.ray_actor_options = ray_actor_options
         self.ray_init_kwargs = ray_init_kwargs
@@ -333,6 +336,8 @@ class AsyncAlgorithmMixin(_Host):
         for name, value in checked:
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.worker_timeout, (int, float)) or not self.worker_timeout > 0:
+            raise ValueError(f"worker_timeout must be a number of seconds > 0, got {self.worker_timeout!r}")
         requested_mode = self.update_mode
         if requested_mode not in (*UPDATE_MODES, "auto"):
             raise ValueError(f"update_mode must be one of {UPDATE_MODES} or 'auto', got {requested_mode!r}")
@@ -646,7 +651,9 @@ class AsyncAlgorithmMixin(_Host):
             n_calls_left = -(-(total_timesteps - self.num_timesteps) // self.n_envs)
             step_budget = n_calls_left * self.n_envs - self._steps_for_callbacks.n_rows
             spec, restarts = self._worker_spec(settings), self.max_worker_restarts
-            collector = LocalCollector(spec, self.n_workers, flat_params, buffers, flat_state, step_budget, restarts)
+            collector = LocalCollector(
+                spec, self.n_workers, flat_params, buffers, flat_state, step_budget, restarts, self.worker_timeout
+            )
             return WorkersApply(collector, self.policy, flat_state, locked)
         transport: GradientCollector
         if self.backend == "ray":
@@ -658,10 +665,16 @@ class AsyncAlgorithmMixin(_Host):
                 max_worker_restarts=self.max_worker_restarts,
                 ray_actor_options=self.ray_actor_options,
                 ray_init_kwargs=self.ray_init_kwargs,
+                worker_timeout=self.worker_timeout,
             )
         else:
             transport = LocalCollector(
-                self._worker_spec(), self.n_workers, flat_params, buffers, max_worker_restarts=self.max_worker_restarts
+                self._worker_spec(),
+                self.n_workers,
+                flat_params,
+                buffers,
+                max_worker_restarts=self.max_worker_restarts,
+                worker_timeout=self.worker_timeout,
             )
         return LearnerApplies(transport, self.policy, flat_state, flat_params, flat_gradient)
 
@@ -820,6 +833,7 @@ class AsyncAlgorithmMixin(_Host):
         self.logger.record("async/learner_idle_fraction", (collector.idle_seconds - window.idle_seconds_at_start) / elapsed)
         self.logger.record("async/dropped_updates", self.dropped_updates)
         self.logger.record("async/worker_restarts", self.worker_restarts)
+        self.logger.record("async/stalled_workers", len(collector.silence.silent))
         self.logger.record("async/n_workers", self.n_workers, exclude="tensorboard")
         self.logger.record("async/envs_per_worker", self.envs_per_worker, exclude="tensorboard")
         self.logger.record("async/update_mode", self._update_mode(), exclude=("tensorboard", "csv"))

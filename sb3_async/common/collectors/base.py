@@ -9,8 +9,10 @@ segment becomes a gradient is the same everywhere (:meth:`WorkerCore.compute_gra
 """
 
 import signal
+import time
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +117,50 @@ class Go:
 
     normalization: NormalizationStatistics | None = None
     progress_remaining: float = 1.0
+
+
+DEFAULT_WORKER_TIMEOUT = 60.0
+
+
+class SilenceWatch:
+    """
+    When each worker was last heard from (a report, or "ready"), and which have been silent for longer than
+    ``timeout`` seconds: each such worker is returned once by :meth:`newly_silent`, until it is heard again.
+    """
+
+    def __init__(self, n_workers: int, timeout: float) -> None:
+        self.timeout = timeout
+        self._last_heard = [time.monotonic()] * n_workers
+        self.silent: set[int] = set()
+
+    def heard(self, worker_id: int) -> None:
+        self._last_heard[worker_id] = time.monotonic()
+        self.silent.discard(worker_id)
+
+    def newly_silent(self, ignore: Iterable[int] = ()) -> list[tuple[int, float]]:
+        """``(worker id, seconds silent)`` of the workers silent for longer than the timeout, and not yet returned."""
+        now, ignored = time.monotonic(), set(ignore)
+        found = [
+            (worker_id, now - last)
+            for worker_id, last in enumerate(self._last_heard)
+            if now - last > self.timeout and worker_id not in self.silent and worker_id not in ignored
+        ]
+        self.silent.update(worker_id for worker_id, _ in found)
+        return found
+
+
+def warn_silent(worker_id: int, seconds: float, doing: str, replaced: bool, node: str | None = None) -> None:
+    where = f" (node {node})" if node else ""
+    then = (
+        "it is replaced, as a dead worker would be"
+        if replaced
+        else "no restart is left (max_worker_restarts), so it is left as it is"
+    )
+    warnings.warn(
+        f"sb3_async worker {worker_id}{where} has sent nothing for {seconds:.0f} s; it is {doing}. {then}; "
+        f"async/stalled_workers counts the silent ones.",
+        stacklevel=3,
+    )
 
 
 class WorkerError(RuntimeError):
@@ -329,6 +375,7 @@ class GradientCollector(ABC):
     version: int  # updates published so far
     idle_seconds: float  # time the learner spent waiting for reports
     restarts: int  # workers rebuilt so far
+    silence: SilenceWatch  # which workers have sent nothing for worker_timeout seconds
 
     @abstractmethod
     def start(self) -> None:

@@ -62,16 +62,19 @@ import numpy as np
 import torch as th
 
 from sb3_async.common.collectors.base import (
+    DEFAULT_WORKER_TIMEOUT,
     SLOTS_PER_WORKER,
     GradientCollector,
     GradientReport,
     Go,
+    SilenceWatch,
     WorkerCore,
     WorkerDied,
     WorkerError,
     WorkerSpec,
     clip_gradient_norm_,
     prepare_worker_process,
+    warn_silent,
 )
 from sb3_async.common.normalization import NormalizationStatistics
 from sb3_async.common.worker_pickling import dumps_for_workers
@@ -114,6 +117,18 @@ class _SharedMemory:
     optimizer_state: FlatOptimizerState | None
     claims: th.Tensor
     claims_by_worker: th.Tensor  # int64 [n_workers]: what each worker claimed, to give back a dead one's unreported steps
+    activity: th.Tensor  # int64 [n_workers]: what each worker is doing (ACTIVITIES), for a warning if it goes silent
+
+
+# What a worker is doing, as it writes it into the shared activity row: what a warning about a silent worker says.
+STARTING, STEPPING, WAITING, UPDATING, FINISHED = range(5)
+ACTIVITIES = {
+    STARTING: "building its envs and policy",
+    STEPPING: "stepping its envs or computing its loss (an env whose step hangs, say)",
+    WAITING: "waiting for the learner's answer to its last report",
+    UPDATING: "waiting for the shared lock, or applying its update",
+    FINISHED: "done: learn() has all the env steps it asked for",
+}
 
 
 def _worker_main(
@@ -131,6 +146,7 @@ def _worker_main(
         spec: WorkerSpec = cloudpickle.loads(spec_bytes)
         core = WorkerCore(worker_id, spec, shared.params.numel(), incarnation, n_workers)
         worker = _Worker(core, shared, report_sender)
+        worker.doing(WAITING)
         report_sender.send(_Ready(worker_id))
         answers = _Answers(go_receiver)
         if spec.worker_updates is None:
@@ -157,6 +173,10 @@ class _Worker:
         self.worker_id = core.worker_id
         self.shared = shared
         self.reports = reports
+        self._activity = shared.activity.numpy()  # a numpy view: one store per change, no torch dispatch
+
+    def doing(self, activity: int) -> None:
+        self._activity[self.worker_id] = activity
 
     def _copy_shared_parameters(self) -> int:
         """Copy the newest parameters and buffers into the local policy; return their version."""
@@ -177,7 +197,9 @@ class _Worker:
                 break
             core.take_answer(answers.latest)
             params_version = self._copy_shared_parameters()
+            self.doing(STEPPING)
             segment = core.run_segment()
+            self.doing(WAITING)
             # This slot held the report before last: it is free once that one was answered.
             answers.wait_until_unanswered(SLOTS_PER_WORKER - 1)
             if answers.latest is _STOP:
@@ -217,7 +239,9 @@ class _Worker:
             core.take_answer(answers.latest)
             core.logic.progress_remaining = settings.progress_remaining(int(shared.claims[0].item()))
             params_version = self._copy_shared_parameters()
+            self.doing(STEPPING)
             segment = core.run_segment()
+            self.doing(UPDATING)
             core.write_gradient(flat_gradient)
             core.write_buffer_change(buffer_change)
             gradient_norm = flat_gradient.norm().item()
@@ -243,6 +267,7 @@ class _Worker:
             statistics = core.new_statistics() if applied else None
             report = GradientReport(self.worker_id, params_version, segment, statistics, staleness=staleness, applied=applied)
             self.reports.send(report)
+        self.doing(FINISHED)
         answers.wait_until_stopped()
 
 
@@ -310,6 +335,8 @@ class LocalCollector(GradientCollector):
         state they share
     :param step_budget: only when the workers apply their own updates: how many env steps they may take in all
     :param max_worker_restarts: how many dead workers to replace before a death is an error
+    :param worker_timeout: seconds a worker may send nothing before a warning names it (and, with restarts left,
+        it is replaced)
     """
 
     def __init__(
@@ -321,6 +348,7 @@ class LocalCollector(GradientCollector):
         optimizer_state: FlatOptimizerState | None = None,
         step_budget: int = 0,
         max_worker_restarts: int = 0,
+        worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
     ) -> None:
         if (spec.worker_updates is None) != (optimizer_state is None):
             raise ValueError("workers that apply their own updates need the shared optimizer state, and only they use it")
@@ -341,7 +369,9 @@ class LocalCollector(GradientCollector):
             optimizer_state=None if optimizer_state is None else optimizer_state.share_memory_(),
             claims=th.tensor([0, step_budget], dtype=th.int64).share_memory_(),
             claims_by_worker=th.zeros(n_workers, dtype=th.int64).share_memory_(),
+            activity=th.full((n_workers,), STARTING, dtype=th.int64).share_memory_(),
         )
+        self.silence = SilenceWatch(n_workers, worker_timeout)
         self.workers_apply = spec.worker_updates is not None
         self._workers: list[_WorkerProcess] = []
         self._reported_steps = [0] * n_workers  # workers that apply their own updates: env steps each reported
@@ -395,7 +425,7 @@ class LocalCollector(GradientCollector):
         waiting_since = time.perf_counter()
         while True:
             try:
-                message = self._receive_or_raise()
+                message = self._receive_or_raise(watch_silence=True)
             except WorkerDied as died:
                 self._restart_or_raise(died)
                 continue
@@ -514,9 +544,14 @@ class LocalCollector(GradientCollector):
                     except (EOFError, OSError):
                         pass
 
-    def _receive_or_raise(self) -> Any:
-        """The next message from any worker; raises WorkerError for a worker's exception, WorkerDied for a death."""
+    def _receive_or_raise(self, watch_silence: bool = False) -> Any:
+        """
+        The next message from any worker; raises WorkerError for a worker's exception, WorkerDied for a death
+        (and for a worker silent for longer than worker_timeout, with ``watch_silence`` and restarts left).
+        """
         while True:
+            if watch_silence:
+                self._look_for_silent_workers()
             order = [*range(self._next_to_read, self.n_workers), *range(self._next_to_read)]
             receivers = {self._workers[worker_id].report_receiver: worker_id for worker_id in order}
             sentinels = {self._workers[worker_id].process.sentinel: worker_id for worker_id in order}
@@ -529,12 +564,24 @@ class LocalCollector(GradientCollector):
                         message = receiver.recv()
                     except (EOFError, OSError):
                         raise WorkerDied(worker_id, self._describe_death(worker_id)) from None
+                    self.silence.heard(worker_id)
                     if isinstance(message, _Failure):
                         raise WorkerError(message.worker_id, "raised an exception", message.traceback)
                     return message
             for sentinel, worker_id in sentinels.items():
                 if sentinel in ready:
                     raise WorkerDied(worker_id, self._describe_death(worker_id))
+
+    def _look_for_silent_workers(self) -> None:
+        finished = [worker_id for worker_id in range(self.n_workers) if int(self._shared.activity[worker_id]) == FINISHED]
+        for worker_id, seconds in self.silence.newly_silent(ignore=finished):
+            doing = ACTIVITIES[int(self._shared.activity[worker_id])]
+            replace = self.restarts < self.max_worker_restarts
+            warn_silent(worker_id, seconds, doing, replace)
+            if replace:
+                # As the OOM killer would (a lock it holds is then the learner's to free); the restart rebuilds it.
+                self._workers[worker_id].process.kill()
+                raise WorkerDied(worker_id, f"was silent for {seconds:.0f} s ({doing}) and was replaced")
 
     def _describe_death(self, worker_id: int) -> str:
         process = self._workers[worker_id].process

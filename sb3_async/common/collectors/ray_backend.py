@@ -38,15 +38,18 @@ import numpy as np
 import torch as th
 
 from sb3_async.common.collectors.base import (
+    DEFAULT_WORKER_TIMEOUT,
     SLOTS_PER_WORKER,
     GradientCollector,
     GradientReport,
     Go,
+    SilenceWatch,
     WorkerCore,
     WorkerDied,
     WorkerError,
     WorkerSpec,
     prepare_worker_process,
+    warn_silent,
 )
 from sb3_async.common.normalization import NormalizationStatistics
 from sb3_async.common.worker_pickling import dumps_for_workers
@@ -134,6 +137,8 @@ class RayCollector(GradientCollector):
         one dict for every actor, or one per actor
     :param ray_init_kwargs: keyword arguments for ``ray.init`` when Ray is not initialised yet
         (then this collector starts it, and shuts it down in :meth:`close`)
+    :param worker_timeout: seconds an actor's call may go unanswered before a warning names it (and, with restarts
+        left, it is replaced)
     """
 
     def __init__(
@@ -145,6 +150,7 @@ class RayCollector(GradientCollector):
         max_worker_restarts: int = 0,
         ray_actor_options: dict[str, Any] | list[dict[str, Any]] | None = None,
         ray_init_kwargs: dict[str, Any] | None = None,
+        worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
     ) -> None:
         if spec.worker_updates is not None:
             raise ValueError("workers that apply their own updates share memory, which the Ray backend's cannot")
@@ -169,6 +175,7 @@ class RayCollector(GradientCollector):
         self.version = 0
         self.idle_seconds = 0.0
         self.restarts = 0
+        self.silence = SilenceWatch(n_workers, worker_timeout)
         self._closed = False
 
     @property
@@ -189,6 +196,7 @@ class RayCollector(GradientCollector):
             except WorkerDied as died:
                 raise WorkerError(worker_id, died.reason) from None
         for worker_id in range(self.n_workers):
+            self.silence.heard(worker_id)  # built: its silence counts from now
             for _ in range(self._calls_per_worker):
                 self._submit(worker_id)
 
@@ -228,10 +236,12 @@ class RayCollector(GradientCollector):
         ray = self._ray
         waiting_since = time.perf_counter()
         while True:
+            self._look_for_silent_workers()
             ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=_WAIT_SECONDS)
             if not ready:
                 continue
             worker_id = self._pending.pop(ready[0])
+            self.silence.heard(worker_id)
             node = self.worker_locations[worker_id][0]
             try:
                 report, gradient, buffer_change = ray.get(ready[0])
@@ -272,6 +282,21 @@ class RayCollector(GradientCollector):
         self._payloads.pop(worker_id, None)
         self._last_answer[worker_id] = Go(normalization, progress_remaining)
         self._submit(worker_id)
+
+    def _look_for_silent_workers(self) -> None:
+        for worker_id, seconds in self.silence.newly_silent():
+            replace = self.restarts < self.max_worker_restarts
+            node = self.worker_locations[worker_id][0]
+            warn_silent(
+                worker_id,
+                seconds,
+                "computing a gradient (its call has not returned: an env whose step hangs, say)",
+                replace,
+                node,
+            )
+            if replace:
+                self._restart_or_raise(worker_id, f"was silent for {seconds:.0f} s and was replaced")
+                self.silence.heard(worker_id)  # the replacement's time starts now
 
     def _restart_or_raise(self, worker_id: int, reason: str) -> None:
         # Its other calls in flight fail the same way: forget them.
