@@ -86,6 +86,37 @@ class NaNFromEnv(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class BrokenOutputEnv(gym.Wrapper):
+    """CartPole that, from its step ``broken_from`` on, returns an observation of 5 values (``what="shape"``) or a
+    reward of None (``what="reward"``)."""
+
+    def __init__(self, broken_from: int = 30, what: str = "shape"):
+        super().__init__(gym.make("CartPole-v1"))
+        self.broken_from, self.what = broken_from, what
+        self.n_steps = 0
+
+    def step(self, action):
+        self.n_steps += 1
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.n_steps >= self.broken_from:
+            if self.what == "shape":
+                obs = np.append(obs, 0.0)
+            else:
+                reward = None
+        return obs, reward, terminated, truncated, info
+
+
+class ThreeActionCartPole(gym.Wrapper):
+    """CartPole that claims a third action (which pushes left): a sub-env whose action space differs from CartPole's."""
+
+    def __init__(self):
+        super().__init__(gym.make("CartPole-v1"))
+        self.action_space = spaces.Discrete(3)
+
+    def step(self, action):
+        return self.env.step(min(int(action), 1))
+
+
 class TupleActionEnv(gym.Env):
     observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
     action_space = spaces.Tuple((spaces.Discrete(2), spaces.Discrete(2)))

@@ -10,15 +10,17 @@ import textwrap
 import time
 import warnings
 
+import gymnasium as gym
 import pytest
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, NonFiniteTrainingError, OffPolicyAC, WorkerError
 from sb3_async.common.collectors import LocalCollector
 from tests.conftest import RecordingOutput, forkserver_children
-from tests.envs import HangingEnv, NaNFromEnv, NaNRewardEnv, RaisingEnv
+from tests.envs import BrokenOutputEnv, HangingEnv, NaNFromEnv, NaNRewardEnv, RaisingEnv, ThreeActionCartPole
 
 FAST = dict(n_workers=2, n_steps=5, seed=0, device="cpu")
 ALGORITHMS = {
@@ -209,6 +211,39 @@ def test_a_silent_worker_is_replaced_while_restarts_are_left(tmp_path, no_leaks)
         model.learn(4_000)
     assert model.worker_restarts == 1
     assert model.num_timesteps >= 4_000
+
+
+@pytest.mark.parametrize(
+    "what, message",
+    [
+        (
+            "shape",
+            r"env 0 returned an observation outside its observation space at its step 29: expected Box\(.*\(4,\), "
+            r"float32\), got an array of shape \(5,\)",
+        ),
+        # Monitor, around the env, refuses it first: its error, with where it happened (a note: Python 3.11+).
+        pytest.param(
+            "reward",
+            r"not 'NoneType'\s+\(raised by env 0 of this worker's envs, at its step 29\)",
+            marks=pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+"),
+        ),
+    ],
+)
+def test_env_output_outside_its_spaces_is_named_at_its_source(what, message, no_leaks):
+    model = A3C("MlpPolicy", functools.partial(BrokenOutputEnv, broken_from=30, what=what), **FAST)
+    started = time.monotonic()
+    with pytest.raises(WorkerError, match=r"sb3_async worker \d raised an exception") as error:
+        model.learn(100_000)
+    assert re.search(message, str(error.value)), str(error.value)
+    assert time.monotonic() - started < 30  # at the bad step, not at the end
+
+
+def test_copies_whose_action_spaces_differ_are_refused_as_the_workers_build_them(no_leaks):
+    # SB3 takes the first sub-env's spaces; a worker given a copy of the second could not act in it.
+    env = DummyVecEnv([lambda: gym.make("CartPole-v1"), ThreeActionCartPole])
+    model = A3C("MlpPolicy", env, n_workers=1, envs_per_worker=2, device="cpu")
+    with pytest.raises(WorkerError, match=r"env 1 of worker 0 has the action space Discrete\(3\), but the learner's env"):
+        model.learn(1_000)
 
 
 def _process_group_members(group: int) -> list[int]:

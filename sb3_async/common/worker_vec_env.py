@@ -4,7 +4,21 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
-from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+
+class EnvOutputError(ValueError):
+    """A worker's env returned something its spaces do not allow (an observation of another shape, a reward that is
+    not a number); the message names the env (its index among the worker's envs) and its step."""
+
+
+def _describe(obs: Any) -> str:
+    if isinstance(obs, dict):
+        return "{" + ", ".join(f"{key!r}: {_describe(value)}" for key, value in obs.items()) + "}"
+    array = np.asarray(obs) if not isinstance(obs, (str, bytes)) else None
+    if array is None or array.dtype == object:
+        return f"{obs!r} ({type(obs).__name__})"
+    return f"an array of shape {array.shape} and dtype {array.dtype}"
 
 
 class WorkerDummyVecEnv(DummyVecEnv):
@@ -23,9 +37,20 @@ class WorkerDummyVecEnv(DummyVecEnv):
 
     def step_wait(self) -> VecEnvStepReturn:
         for env_idx in range(self.num_envs):
-            obs, self.buf_rews[env_idx], terminated, truncated, self.buf_infos[env_idx] = self.envs[env_idx].step(
-                self.actions[env_idx]
-            )
+            try:
+                obs, reward, terminated, truncated, self.buf_infos[env_idx] = self.envs[env_idx].step(self.actions[env_idx])
+            except Exception as error:
+                # Whatever an env raises (its own bug, or a wrapper such as Monitor refusing its output): where.
+                if hasattr(error, "add_note"):  # Python 3.11+
+                    error.add_note(f"(raised by env {env_idx} of this worker's envs, at its step {self.steps_taken})")
+                raise
+            try:
+                self.buf_rews[env_idx] = reward
+            except (TypeError, ValueError):
+                raise EnvOutputError(
+                    f"env {env_idx} returned a reward of {reward!r} ({type(reward).__name__}) at its step "
+                    f"{self.steps_taken}: a reward must be a number"
+                ) from None
             self.buf_dones[env_idx] = terminated or truncated
             self.buf_infos[env_idx]["TimeLimit.truncated"] = truncated and not terminated
             if self.buf_dones[env_idx]:
@@ -41,6 +66,15 @@ class WorkerDummyVecEnv(DummyVecEnv):
         self.steps_taken += 1
         infos = [dict(info) for info in self.buf_infos]
         return self._obs_from_buf(), np.copy(self.buf_rews), np.copy(self.buf_dones), infos
+
+    def _save_obs(self, env_idx: int, obs: VecEnvObs) -> None:
+        try:
+            super()._save_obs(env_idx, obs)
+        except (TypeError, ValueError, KeyError, IndexError) as error:
+            raise EnvOutputError(
+                f"env {env_idx} returned an observation outside its observation space at its step {self.steps_taken}: "
+                f"expected {self.observation_space}, got {_describe(obs)} ({error})"
+            ) from None
 
     def _look_for_non_finite_obs(self) -> None:
         # One vectorised check per step of all envs; integer observations (images) are always finite.

@@ -25,7 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
 from sb3_async.common.normalization import NormalizationStatistics, WorkerVecNormalize
 from sb3_async.common.rollout import first_non_finite
-from sb3_async.common.worker_vec_env import take_non_finite_observation
+from sb3_async.common.worker_vec_env import EnvOutputError, take_non_finite_observation
 from sb3_async.common.worker_envs import WorkerEnvFactory
 from sb3_async.common.worker_updates import WorkerUpdateSettings
 
@@ -178,6 +178,16 @@ class WorkerError(RuntimeError):
         super().__init__(message)
 
 
+def check_action_spaces(venv: VecEnv, expected: spaces.Space, worker_id: int) -> None:
+    """Every sub-env of a worker must take the actions the learner's policy makes (copies of different envs may not)."""
+    for env_idx, action_space in enumerate(venv.get_attr("action_space")):
+        if action_space != expected:
+            raise EnvOutputError(
+                f"env {env_idx} of worker {worker_id} has the action space {action_space}, but the learner's env "
+                f"(its first sub-env) has {expected}: every env the workers copy must take the same actions"
+            )
+
+
 class NonFiniteObservationError(ValueError):
     """A worker's env returned an observation that is not finite, and the worker's policy failed on it."""
 
@@ -274,6 +284,7 @@ class WorkerCore:
         else:
             set_random_seed(int(np.random.SeedSequence().generate_state(1)[0]))
         self.env = spec.env_factory.build(worker_id, spec.normalization)
+        check_action_spaces(self.env, spec.action_space, worker_id)
         vec_normalize = unwrap_vec_normalize(self.env)
         assert vec_normalize is None or isinstance(vec_normalize, WorkerVecNormalize)
         self.vec_normalize = vec_normalize
