@@ -15,6 +15,7 @@ from sb3_async.common.worker_layout import (
     choose_envs_per_worker,
     choose_layout,
     choose_n_workers,
+    measure_gradient_costs,
     split_gradient_cost,
 )
 from sb3_async.common.wrappers import RandomLatency
@@ -46,24 +47,24 @@ def test_a_worker_that_never_waits_gets_one_core_and_one_that_waits_gets_company
 
 def test_envs_per_worker_are_the_fewest_that_cost_as_much_as_a_gradients_fixed_part():
     # 5 steps of 0.1 ms per env against 1 ms fixed: 2 envs.
-    assert choose_envs_per_worker(fixed_seconds=1e-3, seconds_per_env_step=1e-4, n_steps=5) == 2
-    assert choose_envs_per_worker(fixed_seconds=1e-3, seconds_per_env_step=2e-3, n_steps=5) == 1  # a slow env
-    assert choose_envs_per_worker(fixed_seconds=1e-3, seconds_per_env_step=1e-5, n_steps=5) == 16
-    assert choose_envs_per_worker(fixed_seconds=1.0, seconds_per_env_step=1e-9, n_steps=5) == MAX_AUTO_ENVS_PER_WORKER
+    assert choose_envs_per_worker(fixed_seconds=1e-3, seconds_per_env_step=1e-4, steps_per_env=5) == 2
+    assert choose_envs_per_worker(fixed_seconds=1e-3, seconds_per_env_step=2e-3, steps_per_env=5) == 1  # a slow env
+    assert choose_envs_per_worker(fixed_seconds=1e-3, seconds_per_env_step=1e-5, steps_per_env=5) == 16
+    assert choose_envs_per_worker(fixed_seconds=1.0, seconds_per_env_step=1e-9, steps_per_env=5) == MAX_AUTO_ENVS_PER_WORKER
 
 
 def test_the_fixed_and_per_step_costs_come_back_from_two_measurements():
     fixed, per_step, n_steps = 1e-3, 1e-4, 5
-    costs = [GradientCost(envs, fixed + envs * n_steps * per_step, 0.0) for envs in (1, 8)]
-    assert split_gradient_cost(costs, n_steps) == pytest.approx((fixed, per_step))
+    costs = [GradientCost(envs, fixed + envs * n_steps * per_step, 0.0, n_steps) for envs in (1, 8)]
+    assert split_gradient_cost(costs) == pytest.approx((fixed, per_step))
 
 
 def test_a_users_vec_env_is_shared_among_the_workers_chosen():
-    costs = [GradientCost(4, wall_seconds=2e-3, cpu_seconds=1e-3)]  # busy half the time
-    layout = choose_layout(costs, cores=2, n_steps=5, envs_per_worker=None, n_envs=8)
+    costs = [GradientCost(4, wall_seconds=2e-3, cpu_seconds=1e-3, steps_per_env=5)]  # busy half the time
+    layout = choose_layout(costs, cores=2, envs_per_worker=None, n_envs=8)
     assert (layout.n_workers, layout.envs_per_worker) == (5, 1)
     assert layout.cpu_share == pytest.approx(0.5)
-    layout = choose_layout(costs, cores=2, n_steps=5, envs_per_worker=3, n_envs=None)
+    layout = choose_layout(costs, cores=2, envs_per_worker=3, n_envs=None)
     assert (layout.n_workers, layout.envs_per_worker) == (5, 3)
 
 
@@ -101,6 +102,14 @@ def test_auto_workers_share_the_users_vec_env():
 def test_the_value_methods_take_auto_too():
     model = AsyncQLearning("MlpPolicy", "CartPole-v1", n_workers=1, envs_per_worker="auto", device="cpu")
     assert model.n_workers == 1 and model.envs_per_worker >= 1
+
+
+def test_the_probe_measures_the_segment_length_each_algorithm_steps():
+    # The value methods' segments are train_freq steps long; their n_steps is the return's length, not the segment's.
+    model = AsyncQLearning("MlpPolicy", "CartPole-v1", n_workers=1, train_freq=5, n_steps=1, device="cpu")
+    n_params = sum(param.numel() for param in model.policy.parameters())
+    (cost,) = measure_gradient_costs(model._worker_spec(), n_params, [2], seconds=0.2)
+    assert (cost.envs_per_worker, cost.steps_per_env) == (2, 5)
 
 
 def test_an_env_that_raises_in_the_probe_is_named_at_construction_and_leaves_nothing(no_leaks):

@@ -414,17 +414,12 @@ class AsyncAlgorithmMixin(_Host):
         """
         requested_workers, requested_envs = self._requested_layout
         auto_workers, auto_envs = requested_workers == AUTO, requested_envs == AUTO
-        n_steps = self.n_steps
         user_envs = _n_envs_of(self._user_env) if requested_envs is None else None  # shared among the workers chosen
         probed = list(PROBED_ENVS_PER_WORKER) if auto_envs else [self.envs_per_worker]
         n_params = sum(param.numel() for param in self.policy.parameters())
         costs = measure_gradient_costs(self._worker_spec(), n_params, probed, PROBE_SECONDS)
         layout = choose_layout(
-            costs,
-            cores=default_n_workers(),
-            n_steps=n_steps,
-            envs_per_worker=None if auto_envs else self.envs_per_worker,
-            n_envs=user_envs,
+            costs, cores=default_n_workers(), envs_per_worker=None if auto_envs else self.envs_per_worker, n_envs=user_envs
         )
         if auto_workers:
             self.n_workers = layout.n_workers
@@ -432,7 +427,6 @@ class AsyncAlgorithmMixin(_Host):
             self.envs_per_worker = layout.envs_per_worker
         self.n_envs = self.n_workers * self.envs_per_worker
         self.auto_layout = replace(layout, n_workers=self.n_workers, envs_per_worker=self.envs_per_worker).as_dict()
-        self._requested_layout = (self.n_workers, self.envs_per_worker)
         if self.verbose >= 1:
             print(f"{type(self).__name__}: {AUTO!r} chose {WorkerLayout(**self.auto_layout).describe()}")
 

@@ -59,6 +59,9 @@ class GradientCost:
     envs_per_worker: int
     wall_seconds: float
     cpu_seconds: float
+    # Env steps each env took per gradient, as measured (the segment length: n_steps for A3C and OffPolicyAC,
+    # train_freq for the value methods; less where OffPolicyAC's replayed gradients take none).
+    steps_per_env: float
 
     @property
     def cpu_share(self) -> float:
@@ -99,41 +102,43 @@ def choose_n_workers(cpu_share: float, cores: int) -> int:
     return min(round(WAITING_HEADROOM * cores / max(cpu_share, 1e-3)), MAX_WORKERS_PER_CORE * cores)
 
 
-def choose_envs_per_worker(fixed_seconds: float, seconds_per_env_step: float, n_steps: int) -> int:
-    """The fewest envs (a power of two) whose ``n_steps`` env steps cost at least a gradient's fixed cost."""
+def choose_envs_per_worker(fixed_seconds: float, seconds_per_env_step: float, steps_per_env: float) -> int:
+    """The fewest envs (a power of two) whose ``steps_per_env`` env steps each cost at least a gradient's fixed cost."""
     envs = 1
-    while envs < MAX_AUTO_ENVS_PER_WORKER and envs * n_steps * seconds_per_env_step < fixed_seconds:
+    while envs < MAX_AUTO_ENVS_PER_WORKER and envs * steps_per_env * seconds_per_env_step < fixed_seconds:
         envs *= 2
     return envs
 
 
-def split_gradient_cost(costs: list[GradientCost], n_steps: int) -> tuple[float, float]:
+def _env_steps(cost: GradientCost) -> float:
+    return cost.envs_per_worker * cost.steps_per_env
+
+
+def split_gradient_cost(costs: list[GradientCost]) -> tuple[float, float]:
     """
     A gradient's fixed cost and the cost of one env step, from the costs at two env counts
-    (a straight line through them: wall seconds = fixed + envs x n_steps x per step).
+    (a straight line through them: wall seconds = fixed + env steps per gradient x per step).
     """
     few = min(costs, key=lambda cost: cost.envs_per_worker)
     many = max(costs, key=lambda cost: cost.envs_per_worker)
-    per_env_step = max(many.wall_seconds - few.wall_seconds, 0.0) / ((many.envs_per_worker - few.envs_per_worker) * n_steps)
-    fixed = max(few.wall_seconds - few.envs_per_worker * n_steps * per_env_step, 0.0)
+    per_env_step = max(many.wall_seconds - few.wall_seconds, 0.0) / max(_env_steps(many) - _env_steps(few), 1e-9)
+    fixed = max(few.wall_seconds - _env_steps(few) * per_env_step, 0.0)
     return fixed, per_env_step
 
 
-def choose_layout(
-    costs: list[GradientCost], cores: int, n_steps: int, envs_per_worker: int | None, n_envs: int | None
-) -> WorkerLayout:
+def choose_layout(costs: list[GradientCost], cores: int, envs_per_worker: int | None, n_envs: int | None) -> WorkerLayout:
     """
     :param costs: the probe's measurements, one per env count it ran
     :param cores: the cores this process may use
-    :param n_steps: env steps per env in one gradient
     :param envs_per_worker: the user's choice, or None for "auto"
     :param n_envs: the number of envs of the user's VecEnv, shared among the workers when ``envs_per_worker``
         is not "auto" and not given (as without "auto"), else None
     """
     fixed = per_env_step = None
     if envs_per_worker is None and n_envs is None:
-        fixed, per_env_step = split_gradient_cost(costs, n_steps)
-        chosen_envs = choose_envs_per_worker(fixed, per_env_step, n_steps)
+        fixed, per_env_step = split_gradient_cost(costs)
+        steps_per_env = min(costs, key=lambda cost: cost.envs_per_worker).steps_per_env
+        chosen_envs = choose_envs_per_worker(fixed, per_env_step, steps_per_env)
     else:
         chosen_envs = envs_per_worker or 1
     # The measurement at the env count nearest the chosen one says how much of a worker's time is CPU work.
@@ -190,15 +195,16 @@ def _probe_main(spec_bytes: bytes, n_params: int, seconds_each: float, sender: C
             gradient = th.zeros(n_params)
             try:
                 core.run_segment()  # the first one pays for resets and lazy initialisation
-                n_gradients, started, cpu_started = 0, time.perf_counter(), time.process_time()
+                n_gradients, env_steps, started, cpu_started = 0, 0, time.perf_counter(), time.process_time()
                 while n_gradients < 3 or time.perf_counter() - started < seconds_each:
-                    core.run_segment()
+                    env_steps += core.run_segment().n_env_steps
                     core.write_gradient(gradient)
                     n_gradients += 1
                 wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
             finally:
                 core.close()
-            costs.append(GradientCost(spec.env_factory.envs_per_worker, wall / n_gradients, cpu / n_gradients))
+            envs = spec.env_factory.envs_per_worker
+            costs.append(GradientCost(envs, wall / n_gradients, cpu / n_gradients, env_steps / n_gradients / envs))
         sender.send(costs)
     except BaseException:
         sender.send(traceback.format_exc())
