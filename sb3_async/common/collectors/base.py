@@ -12,7 +12,7 @@ import signal
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,18 +132,27 @@ class SilenceWatch:
         self.timeout = timeout
         self._last_heard = [time.monotonic()] * n_workers
         self.silent: set[int] = set()
+        # Looked at between reports, so at most a few times a timeout: it is on the learner's path to every report.
+        self._check_every = min(1.0, timeout / 4)
+        self._next_check = time.monotonic() + self._check_every
 
     def heard(self, worker_id: int) -> None:
         self._last_heard[worker_id] = time.monotonic()
         self.silent.discard(worker_id)
 
-    def newly_silent(self, ignore: Iterable[int] = ()) -> list[tuple[int, float]]:
-        """``(worker id, seconds silent)`` of the workers silent for longer than the timeout, and not yet returned."""
-        now, ignored = time.monotonic(), set(ignore)
+    def newly_silent(self, may_be_silent: Callable[[int], bool] = lambda worker_id: False) -> list[tuple[int, float]]:
+        """
+        ``(worker id, seconds silent)`` of the workers silent for longer than the timeout, and not yet returned,
+        except those ``may_be_silent`` excuses (a worker whose share of the steps is done, say).
+        """
+        now = time.monotonic()
+        if now < self._next_check:
+            return []
+        self._next_check = now + self._check_every
         found = [
             (worker_id, now - last)
             for worker_id, last in enumerate(self._last_heard)
-            if now - last > self.timeout and worker_id not in self.silent and worker_id not in ignored
+            if now - last > self.timeout and worker_id not in self.silent and not may_be_silent(worker_id)
         ]
         self.silent.update(worker_id for worker_id, _ in found)
         return found

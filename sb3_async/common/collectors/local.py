@@ -573,15 +573,20 @@ class LocalCollector(GradientCollector):
                     raise WorkerDied(worker_id, self._describe_death(worker_id))
 
     def _look_for_silent_workers(self) -> None:
-        finished = [worker_id for worker_id in range(self.n_workers) if int(self._shared.activity[worker_id]) == FINISHED]
-        for worker_id, seconds in self.silence.newly_silent(ignore=finished):
+        def finished(worker_id: int) -> bool:
+            return int(self._shared.activity[worker_id]) == FINISHED
+
+        replaced: list[WorkerDied] = []
+        for worker_id, seconds in self.silence.newly_silent(may_be_silent=finished):
             doing = ACTIVITIES[int(self._shared.activity[worker_id])]
-            replace = self.restarts < self.max_worker_restarts
+            replace = self.restarts + len(replaced) < self.max_worker_restarts
             warn_silent(worker_id, seconds, doing, replace)
             if replace:
                 # As the OOM killer would (a lock it holds is then the learner's to free); the restart rebuilds it.
                 self._workers[worker_id].process.kill()
-                raise WorkerDied(worker_id, f"was silent for {seconds:.0f} s ({doing}) and was replaced")
+                replaced.append(WorkerDied(worker_id, f"was silent for {seconds:.0f} s ({doing}) and was replaced"))
+        if replaced:  # the first is restarted now; the others are dead, and their sentinels say so next
+            raise replaced[0]
 
     def _describe_death(self, worker_id: int) -> str:
         process = self._workers[worker_id].process
