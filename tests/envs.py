@@ -66,31 +66,14 @@ class HangingEnv(gym.Wrapper):
         return True
 
 
-class NaNFromEnv(gym.Wrapper):
-    """CartPole whose rewards (or observations) are NaN from its step ``nan_from`` on (counted from 1, across episodes)."""
+class BrokenFromEnv(gym.Wrapper):
+    """
+    CartPole whose output breaks from its step ``broken_from`` on (counted from 1, across episodes), as ``what``
+    says: ``"nan_reward"``, ``"nan_observation"`` (one value), ``"observation_shape"`` (5 values instead of 4) or
+    ``"none_reward"``.
+    """
 
-    def __init__(self, nan_from: int = 100, what: str = "reward"):
-        super().__init__(gym.make("CartPole-v1"))
-        self.nan_from, self.what = nan_from, what
-        self.n_steps = 0
-
-    def step(self, action):
-        self.n_steps += 1
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        if self.n_steps >= self.nan_from:
-            if self.what == "reward":
-                reward = float("nan")
-            else:
-                obs = obs.copy()
-                obs[2] = np.nan
-        return obs, reward, terminated, truncated, info
-
-
-class BrokenOutputEnv(gym.Wrapper):
-    """CartPole that, from its step ``broken_from`` on, returns an observation of 5 values (``what="shape"``) or a
-    reward of None (``what="reward"``)."""
-
-    def __init__(self, broken_from: int = 30, what: str = "shape"):
+    def __init__(self, broken_from: int = 100, what: str = "nan_reward"):
         super().__init__(gym.make("CartPole-v1"))
         self.broken_from, self.what = broken_from, what
         self.n_steps = 0
@@ -99,7 +82,12 @@ class BrokenOutputEnv(gym.Wrapper):
         self.n_steps += 1
         obs, reward, terminated, truncated, info = self.env.step(action)
         if self.n_steps >= self.broken_from:
-            if self.what == "shape":
+            if self.what == "nan_reward":
+                reward = float("nan")
+            elif self.what == "nan_observation":
+                obs = obs.copy()
+                obs[2] = np.nan
+            elif self.what == "observation_shape":
                 obs = np.append(obs, 0.0)
             else:
                 reward = None

@@ -20,7 +20,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, NonFiniteTrainingError, OffPolicyAC, WorkerError
 from sb3_async.common.collectors import LocalCollector
 from tests.conftest import RecordingOutput, forkserver_children
-from tests.envs import BrokenOutputEnv, HangingEnv, NaNFromEnv, NaNRewardEnv, RaisingEnv, ThreeActionCartPole
+from tests.envs import BrokenFromEnv, HangingEnv, NaNRewardEnv, RaisingEnv, ThreeActionCartPole
 
 FAST = dict(n_workers=2, n_steps=5, seed=0, device="cpu")
 ALGORITHMS = {
@@ -155,7 +155,7 @@ def test_non_finite_gradient_is_dropped_and_counted(make_model, no_leaks):
 
 @every_algorithm
 def test_updates_that_are_all_dropped_stop_training_and_name_the_first_bad_step(make_model, no_leaks):
-    model = make_model(functools.partial(NaNFromEnv, nan_from=100), max_dropped_updates_in_a_row=20)
+    model = make_model(functools.partial(BrokenFromEnv, broken_from=100), max_dropped_updates_in_a_row=20)
     with pytest.warns(UserWarning, match="dropped an update"):
         with pytest.raises(NonFiniteTrainingError, match="the last 20 updates were all dropped") as error:
             model.learn(100_000)
@@ -171,7 +171,9 @@ def test_updates_that_are_all_dropped_stop_training_and_name_the_first_bad_step(
 def test_a_non_finite_observation_is_named_with_its_env_and_step(make_model, no_leaks):
     # A policy that samples from its logits fails on it at once (a WorkerError); an epsilon-greedy argmax acts on,
     # and its updates are dropped until training stops. Either way the error says which observation it was.
-    model = make_model(functools.partial(NaNFromEnv, nan_from=100, what="observation"), max_dropped_updates_in_a_row=20)
+    model = make_model(
+        functools.partial(BrokenFromEnv, broken_from=100, what="nan_observation"), max_dropped_updates_in_a_row=20
+    )
     with pytest.raises((WorkerError, NonFiniteTrainingError)) as error:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the first dropped update's warning, where there is one
@@ -185,7 +187,11 @@ def test_a_non_finite_observation_is_named_with_its_env_and_step(make_model, no_
 
 def test_the_learner_mode_names_the_bad_step_too(no_leaks):
     model = A3C(
-        "MlpPolicy", functools.partial(NaNFromEnv, nan_from=50), update_mode="learner", max_dropped_updates_in_a_row=5, **FAST
+        "MlpPolicy",
+        functools.partial(BrokenFromEnv, broken_from=50),
+        update_mode="learner",
+        max_dropped_updates_in_a_row=5,
+        **FAST,
     )
     with pytest.warns(UserWarning), pytest.raises(NonFiniteTrainingError, match="a reward of nan from env 0 of worker"):
         model.learn(100_000)
@@ -217,20 +223,20 @@ def test_a_silent_worker_is_replaced_while_restarts_are_left(tmp_path, no_leaks)
     "what, message",
     [
         (
-            "shape",
+            "observation_shape",
             r"env 0 returned an observation outside its observation space at its step 29: expected Box\(.*\(4,\), "
             r"float32\), got an array of shape \(5,\)",
         ),
         # Monitor, around the env, refuses it first: its error, with where it happened (a note: Python 3.11+).
         pytest.param(
-            "reward",
+            "none_reward",
             r"not 'NoneType'\s+\(raised by env 0 of this worker's envs, at its step 29\)",
             marks=pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+"),
         ),
     ],
 )
 def test_env_output_outside_its_spaces_is_named_at_its_source(what, message, no_leaks):
-    model = A3C("MlpPolicy", functools.partial(BrokenOutputEnv, broken_from=30, what=what), **FAST)
+    model = A3C("MlpPolicy", functools.partial(BrokenFromEnv, broken_from=30, what=what), **FAST)
     started = time.monotonic()
     with pytest.raises(WorkerError, match=r"sb3_async worker \d raised an exception") as error:
         model.learn(100_000)

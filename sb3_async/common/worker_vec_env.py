@@ -77,18 +77,18 @@ class WorkerDummyVecEnv(DummyVecEnv):
             ) from None
 
     def _look_for_non_finite_obs(self) -> None:
-        # One vectorised check per step of all envs; integer observations (images) are always finite.
-        for observations in self.buf_obs.values():
-            if observations.dtype.kind != "f" or np.isfinite(observations).all():
-                continue
-            per_env = observations.reshape(self.num_envs, -1)
-            env_idx = int(np.flatnonzero(~np.isfinite(per_env).all(axis=1))[0])
-            bad = per_env[env_idx]
-            self.first_non_finite_obs = (env_idx, self.steps_taken, float(bad[~np.isfinite(bad)][0]))
+        # One vectorised check over all envs per step; only when it fails, which env.
+        if _first_non_finite_value(self.buf_obs) is None:
             return
+        for env_idx in range(self.num_envs):
+            bad = _first_non_finite_value({key: observations[env_idx] for key, observations in self.buf_obs.items()})
+            if bad is not None:
+                self.first_non_finite_obs = (env_idx, self.steps_taken, bad)
+                return
 
 
 def _first_non_finite_value(obs: Any) -> float | None:
+    """The first value of an observation (an array, or a dict of them) that is not finite; integers always are."""
     for value in obs.values() if isinstance(obs, dict) else [obs]:
         array = np.asarray(value)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
