@@ -7,6 +7,8 @@ statistics) and :mod:`~sb3_async.common.worker_pickling`. MinAtar's registration
 :func:`sb3_async.zoo.register_minatar_envs`.
 """
 
+from typing import Any
+
 from sb3_async.common.env_recipes import (
     RECIPE_ATTRIBUTE,
     EnvCopies,
@@ -18,7 +20,6 @@ from sb3_async.common.env_recipes import (
 from sb3_async.common.normalization import NormalizationStatistics, WorkerVecNormalize
 from sb3_async.common.worker_envs import WorkerEnvFactory
 from sb3_async.common.worker_pickling import dumps_for_workers, find_unpicklable, pickle_env_copy
-from sb3_async.zoo.minatar import register_minatar_envs
 
 __all__ = [
     "RECIPE_ATTRIBUTE",
@@ -33,5 +34,13 @@ __all__ = [
     "make_vec_env",
     "pickle_env_copy",
     "portable_env_id",
-    "register_minatar_envs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Not imported above: the zoo package is rl-zoo3's, which a script importing this module should not pay for.
+    if name == "register_minatar_envs":
+        from sb3_async.zoo.minatar import register_minatar_envs
+
+        return register_minatar_envs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
