@@ -43,17 +43,20 @@ class HangingEnv(gym.Wrapper):
     """
     CartPole whose step hangs (sleeps an hour) at its step ``hang_at``: in every copy, or, when ``once_marker``
     names a file, only in the first copy to get there (it creates the file), so that a replacement does not hang.
+    Every other step takes ``step_seconds``, so that the workers that do not hang cannot take a run's steps before
+    the learner's silence timeout has passed, however fast the machine.
     """
 
-    def __init__(self, hang_at: int = 50, once_marker: str | None = None):
+    def __init__(self, hang_at: int = 50, once_marker: str | None = None, step_seconds: float = 0.0):
         super().__init__(gym.make("CartPole-v1"))
-        self.hang_at, self.once_marker = hang_at, once_marker
+        self.hang_at, self.once_marker, self.step_seconds = hang_at, once_marker, step_seconds
         self.n_steps = 0
 
     def step(self, action):
         self.n_steps += 1
         if self.n_steps == self.hang_at and self._first_to_hang():
             time.sleep(3600)
+        time.sleep(self.step_seconds)
         return self.env.step(action)
 
     def _first_to_hang(self) -> bool:

@@ -199,24 +199,26 @@ def test_the_learner_mode_names_the_bad_step_too(no_leaks):
 
 @pytest.mark.parametrize("update_mode", ["locked", "learner"])
 def test_a_worker_whose_env_hangs_is_named_and_training_goes_on(update_mode, tmp_path, no_leaks):
-    env = functools.partial(HangingEnv, hang_at=50, once_marker=str(tmp_path / "hung"))  # one worker's env hangs
+    # One worker's env hangs; the other's 2,500 steps take at least 2.5 s, past the 1 s timeout on any machine.
+    env = functools.partial(HangingEnv, hang_at=50, once_marker=str(tmp_path / "hung"), step_seconds=0.001)
     model = A3C("MlpPolicy", env, update_mode=update_mode, worker_timeout=1.0, **FAST)
     recording = RecordingOutput()
     model.set_logger(Logger(None, [recording]))
     with pytest.warns(UserWarning, match=r"worker \d has sent nothing for \d+ s; it is stepping its envs") as warned:
-        model.learn(4_000, log_interval=10)
+        model.learn(2_500, log_interval=10)
     assert "no restart is left" in str(warned[0].message)
-    assert model.num_timesteps >= 4_000  # the other worker took them all
+    assert model.num_timesteps >= 2_500  # the other worker took them all
     assert recording.dumps[-1]["async/stalled_workers"] == 1
 
 
 def test_a_silent_worker_is_replaced_while_restarts_are_left(tmp_path, no_leaks):
-    env = functools.partial(HangingEnv, hang_at=50, once_marker=str(tmp_path / "hung"))  # the replacement does not hang
+    # The replacement does not hang; at 1 ms a step, the run outlasts the 1 s timeout on any machine.
+    env = functools.partial(HangingEnv, hang_at=50, once_marker=str(tmp_path / "hung"), step_seconds=0.001)
     model = A3C("MlpPolicy", env, worker_timeout=1.0, max_worker_restarts=1, **FAST)
     with pytest.warns(UserWarning, match="it is replaced, as a dead worker would be"):
-        model.learn(4_000)
+        model.learn(2_500)
     assert model.worker_restarts == 1
-    assert model.num_timesteps >= 4_000
+    assert model.num_timesteps >= 2_500
 
 
 @pytest.mark.parametrize(
