@@ -6,6 +6,8 @@ Every env SB3's A2C accepts works in every algorithm, and callbacks see what SB3
 import functools
 import os
 import pickle
+import re
+import subprocess
 import sys
 import threading
 
@@ -223,6 +225,73 @@ def test_an_env_that_cannot_be_copied_names_the_object_and_the_fix():
     ):
         A3C("MlpPolicy", HoldsALock(ShiftedObsEnv()), device="cpu")
     assert forkserver_children() == workers_before
+
+
+# A user's script: an env class defined in its __main__, in a SubprocVecEnv of lambdas (issue 29). SB3's
+# sub-process cannot send such an env back with the standard pickler; it sends a copy made with cloudpickle.
+_MAIN_SCRIPT_WITH_SUBPROC_ENV = """
+import sys
+import threading
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import SubprocVecEnv
+
+from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
+
+
+class CountingEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, ep_length=20):
+        self.ep_length = ep_length
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation_space.sample(), float(action), False, self.t >= self.ep_length, {}
+
+
+class HoldsALock(CountingEnv):
+    def __init__(self):
+        super().__init__()
+        self.connection_lock = threading.Lock()
+
+
+if __name__ == "__main__":
+    for algo in (A3C, OffPolicyAC, AsyncQLearning, AsyncSARSA):
+        venv = SubprocVecEnv([lambda: CountingEnv(ep_length=7), lambda: CountingEnv(ep_length=7)])
+        model = algo("MlpPolicy", venv, n_workers=2, seed=0, device="cpu")
+        model.learn(200)
+        lengths = {int(info["l"]) for info in model.ep_info_buffer}
+        print(algo.__name__, model.num_timesteps, sorted(lengths), flush=True)
+        venv.close()
+    venv = SubprocVecEnv([lambda: HoldsALock()])
+    try:
+        A3C("MlpPolicy", venv, n_workers=1, device="cpu")
+    except ValueError as error:
+        print("refused:", error, flush=True)
+    print("still usable:", venv.reset().shape, flush=True)
+    venv.close()
+"""
+
+
+def test_a_subproc_vec_env_of_an_env_class_in_main_trains_in_every_algorithm(tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text(_MAIN_SCRIPT_WITH_SUBPROC_ENV)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=os.getcwd())
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    # Every algorithm trained, on copies that keep the user's constructor argument (episodes of 7 steps).
+    assert lines[:4] == [f"{name} 200 [7]" for name in ("A3C", "OffPolicyAC", "AsyncQLearning", "AsyncSARSA")]
+    # A sub-env that truly cannot be copied: the error names the part and the fix, and the SubprocVecEnv still works.
+    assert re.match(r"refused: .*sub-env 0: env\.connection_lock \(a _thread\.lock\) cannot be pickled.*callable", lines[4])
+    assert lines[5] == "still usable: (1, 3)"
 
 
 def test_unpicklable_registered_env_falls_back_to_its_spec(no_leaks):

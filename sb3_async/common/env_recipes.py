@@ -6,8 +6,10 @@ picks the recipe and adds the VecEnv wrappers.
 """
 
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from types import FrameType
 from typing import Any
 
 import cloudpickle
@@ -47,28 +49,66 @@ def _env_factory_from_spec(spec: gym.envs.registration.EnvSpec | None) -> Callab
     return functools.partial(gym.make, replace(spec, additional_wrappers=wrappers))
 
 
-def _sub_envs(innermost: VecEnv) -> list[gym.Env]:
-    """The sub-env objects of a VecEnv: its own for an in-process VecEnv, copies sent back by a SubprocVecEnv."""
-    if isinstance(innermost, SubprocVecEnv):
-        # Each sub-env comes back pickled by its process, as the object its bound reset() is bound to.
-        try:
-            return [method.__self__ for method in innermost.get_attr("reset")]
-        except Exception as error:
+# The attribute a SubprocVecEnv's sub-env holds its own copy in, for a moment, while the learner fetches it.
+_COPY_ATTRIBUTE = "_sb3_async_pickled_copy"
+
+
+class _CopyOfThisProcessEnv:
+    """
+    Sent to a SubprocVecEnv's processes with ``set_attr``: unpickled there, it becomes that process's
+    env pickled as :func:`pickle_env_copy` pickles (cloudpickle, so an env class defined in the user's
+    ``__main__`` travels by value), or a sentence saying why it cannot be. SB3's ``get_attr`` sends an
+    env back with the standard pickler, which fails for such a class: in the sub-process it is
+    cloudpickle's rebuilt copy, not the ``__main__`` module's own.
+    """
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        return _pickled_copy_of_this_process_env, ()
+
+
+def _pickled_copy_of_this_process_env() -> bytes | str:
+    """Runs in a SubprocVecEnv's process, as it unpickles the learner's message: its env, pickled for the workers."""
+    from stable_baselines3.common.vec_env import subproc_vec_env
+
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code is not subproc_vec_env._worker.__code__:
+        frame = frame.f_back
+    if frame is None or "env" not in frame.f_locals:
+        return "this version of SB3's SubprocVecEnv does not hold its env where sb3_async looks for it"
+    env = frame.f_locals["env"]
+    try:
+        return pickle_env_copy(env)
+    except Exception as error:
+        path, culprit = find_unpicklable(env, "env")
+        culprit_name = f"{type(culprit).__module__}.{type(culprit).__qualname__}"
+        return f"{path} (a {culprit_name}) cannot be pickled ({type(error).__name__}: {error})"
+
+
+def _copies_from_subprocesses(venv: SubprocVecEnv) -> list[bytes]:
+    """Each sub-env of a SubprocVecEnv, pickled in its own process (see :class:`_CopyOfThisProcessEnv`)."""
+    venv.set_attr(_COPY_ATTRIBUTE, _CopyOfThisProcessEnv())
+    try:
+        copies = venv.get_attr(_COPY_ATTRIBUTE)
+    finally:
+        venv.set_attr(_COPY_ATTRIBUTE, None)  # the copies are not kept in the user's envs
+    for index, copy in enumerate(copies):
+        if not isinstance(copy, bytes):
             raise EnvRebuildError(
-                f"the SubprocVecEnv's sub-envs have no gymnasium spec and could not be sent back from their processes "
-                f"to be copied ({type(error).__name__}: {error}); SB3's SubprocVecEnv ends a process whose reply cannot "
-                f"be pickled, so this SubprocVecEnv cannot be used any more. {HOW_TO_FIX}"
-            ) from error
-    envs = getattr(innermost, "envs", None)
-    if not isinstance(envs, (list, tuple)):
-        raise EnvRebuildError(f"{type(innermost).__name__} does not show its sub-envs (it has no `envs` list). {HOW_TO_FIX}")
-    return list(envs)
+                f"the workers cannot get their own copies of the SubprocVecEnv's sub-env {index}: {copy}, and it has no "
+                f"gymnasium spec to re-make it from. {HOW_TO_FIX}"
+            )
+    return copies
 
 
 def _copies_of_sub_envs(innermost: VecEnv) -> list[bytes]:
     """One pickled copy per sub-env, or an EnvRebuildError that names the part that cannot be pickled."""
+    if isinstance(innermost, SubprocVecEnv):
+        return _copies_from_subprocesses(innermost)
+    envs = getattr(innermost, "envs", None)
+    if not isinstance(envs, (list, tuple)):
+        raise EnvRebuildError(f"{type(innermost).__name__} does not show its sub-envs (it has no `envs` list). {HOW_TO_FIX}")
     copies = []
-    for index, env in enumerate(_sub_envs(innermost)):
+    for index, env in enumerate(envs):
         try:
             copies.append(pickle_env_copy(env))
         except Exception as error:

@@ -13,9 +13,10 @@ a callable returning a ``gym.Env``      ``make_vec_env(callable, n_envs=envs_per
 a ``VecEnv`` made by this module's      SB3's ``make_vec_env`` with the same arguments (env
 ``make_vec_env``                        kwargs, wrapper_class, Monitor settings), then its
                                         VecEnv wrappers re-applied in order
-a ``gym.Env`` instance, or any other    copies of its (sub-)envs, cloudpickled once in the
-``VecEnv`` (DummyVecEnv,                learner: each worker env unpickles its own, wrappers
-SubprocVecEnv, ...)                     included, round-robin over the sub-envs; then the
+a ``gym.Env`` instance, or any other    copies of its (sub-)envs, cloudpickled once (in the
+``VecEnv`` (DummyVecEnv,                learner; a SubprocVecEnv's in its own processes):
+SubprocVecEnv, ...)                     each worker env unpickles its own, wrappers
+                                        included, round-robin over the sub-envs; then the
                                         VecEnv wrappers (VecNormalize, VecFrameStack,
                                         VecTransposeImage, VecMonitor, VecCheckNan,
                                         VecExtractDictObs) are re-applied in order. A sub-env
