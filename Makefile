@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint typecheck bench bench-learner bench-ray bench-offpac bench-async-q results results-slow-envs results-minatar clean
+.PHONY: demo test lint typecheck bench bench-learner bench-ray bench-chaos bench-offpac bench-async-q results results-slow-envs results-minatar clean
 
 .venv-demo/.done: setup.py
 	$(PYTHON) -m venv .venv-demo
@@ -44,6 +44,11 @@ bench-learner: .venv-test/.done
 # docs/distributed.md: the Ray backend against the local one (start-up, env steps/s, PSS). Ray runs in a loopback-only namespace.
 bench-ray: .venv-test/.done
 	cd benchmarks && ../tools/loopback-only ../.venv-test/bin/python ray_vs_local.py --rounds 3
+
+# docs/a3c.md, "Faults": the chaos soak, a random worker SIGKILLed every 2-10 s for 11 minutes per configuration
+# (A3C and OffPolicyAC; locked, learner, Hogwild and Ray: about 1.5 hours on 2 cores). Ray runs in a loopback-only namespace.
+bench-chaos: .venv-test/.done
+	cd benchmarks && ../tools/loopback-only ../.venv-test/bin/python chaos.py --minutes 11
 
 bench-offpac: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python offpac_vs_a3c.py --seeds 5 --budget 300000 --behaviour-budget 100000

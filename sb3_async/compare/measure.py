@@ -63,7 +63,8 @@ class ProcessTreeMonitor:
     ``getrusage`` of this process would not count them. CPU time is the sum over processes of the
     last value seen (up to one interval of a worker's last work is missed). Peak memory is the
     largest sum seen at one time of PSS (the measure to read: every page counted once) and, for
-    comparison, of RSS (which counts pages shared between processes once per process). Linux only (/proc).
+    comparison, of RSS (which counts pages shared between processes once per process). Every sample's
+    PSS sum is kept in ``pss_samples`` as (seconds since start, bytes), to see memory grow. Linux only (/proc).
     """
 
     def __init__(self, interval: float = 0.25) -> None:
@@ -73,6 +74,8 @@ class ProcessTreeMonitor:
         self.ticks_at_start = 0
         self.peak_rss_bytes = 0
         self.peak_pss_bytes = 0
+        self.pss_samples: list[tuple[float, int]] = []
+        self._started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -108,6 +111,7 @@ class ProcessTreeMonitor:
                 pss += _pss_bytes(pid)
         self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
         self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
+        self.pss_samples.append((time.perf_counter() - self._started, pss))
 
     @property
     def cpu_seconds(self) -> float:
