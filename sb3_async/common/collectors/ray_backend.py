@@ -24,7 +24,9 @@ and is local-only.
 
 A dead actor, or its node, is seen through the error its calls return; Ray notices a dead process
 at once, a dead node after its health checks (seconds). Within ``max_worker_restarts`` a new actor
-takes its place, with new envs and the newest parameters.
+takes its place, with new envs and the newest parameters. The learner does not wait for it to be
+built (seconds: a process, torch, the envs): its first call is queued at once, Ray runs it once the
+actor is up, and meanwhile the other actors' gradients go on being applied.
 """
 
 import os
@@ -167,7 +169,8 @@ class RayCollector(GradientCollector):
         self._published: Any = None
         self._actors: list[Any] = []
         self._incarnations = [0] * n_workers
-        self.worker_locations: list[tuple[str, int]] = []  # (node id, pid) of each actor
+        self.worker_locations: list[tuple[str, int]] = []  # (node id, pid) of each actor; (None, 0) while a new one builds
+        self._locating: dict[Any, int] = {}  # replacements' where() calls not yet answered -> worker id
         self._pending: OrderedDict[Any, int] = OrderedDict()  # calls in flight, oldest first -> worker id
         self._last_answer = [Go() for _ in range(n_workers)]
         self._payloads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -237,6 +240,7 @@ class RayCollector(GradientCollector):
         waiting_since = time.perf_counter()
         while True:
             self._look_for_silent_workers()
+            self._note_where_replacements_run()
             ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=_WAIT_SECONDS)
             if not ready:
                 continue
@@ -246,6 +250,10 @@ class RayCollector(GradientCollector):
             try:
                 report, gradient, buffer_change = ray.get(ready[0])
             except ray.exceptions.RayActorError as error:
+                if error.actor_init_failed:  # a replacement whose envs or policy raised: it would raise again
+                    raise WorkerError(
+                        worker_id, "raised an exception while it built its envs and policy", str(error)
+                    ) from None
                 self._restart_or_raise(worker_id, f"died unexpectedly (Ray: {_first_line(error)})")
                 continue
             except ray.exceptions.RayTaskError as error:
@@ -258,6 +266,18 @@ class RayCollector(GradientCollector):
         # Arrays out of the object store are read-only; callbacks may write into the steps they see.
         report.segment.steps = _writable(report.segment.steps)
         return report
+
+    def _note_where_replacements_run(self) -> None:
+        """The node and pid of each replacement that is built by now (one that died building says so through its calls)."""
+        if not self._locating:
+            return
+        built, _ = self._ray.wait(list(self._locating), num_returns=len(self._locating), timeout=0)
+        for where in built:
+            worker_id = self._locating.pop(where)
+            try:
+                self.worker_locations[worker_id] = self._ray.get(where)
+            except self._ray.exceptions.RayError:
+                pass
 
     def gradient(self, report: GradientReport) -> th.Tensor:
         return _writable_tensor(self._payloads[report.worker_id][0])
@@ -296,24 +316,24 @@ class RayCollector(GradientCollector):
             )
             if replace:
                 self._restart_or_raise(worker_id, f"was silent for {seconds:.0f} s and was replaced")
-                self.silence.heard(worker_id)  # the replacement's time starts now
 
     def _restart_or_raise(self, worker_id: int, reason: str) -> None:
+        """Replace a dead actor (or raise, with no restart left), without waiting for the new one to be built."""
+        if self.restarts >= self.max_worker_restarts:
+            raise WorkerError(worker_id, reason, node=self.worker_locations[worker_id][0])
+        self.restarts += 1
         # Its other calls in flight fail the same way: forget them.
         for call in [call for call, owner in self._pending.items() if owner == worker_id]:
             del self._pending[call]
-        while True:
-            if self.restarts >= self.max_worker_restarts:
-                raise WorkerError(worker_id, reason, node=self.worker_locations[worker_id][0])
-            self.restarts += 1
-            self._ray.kill(self._actors[worker_id], no_restart=True)
-            self._incarnations[worker_id] += 1
-            self._actors[worker_id] = self._new_actor(worker_id)
-            try:
-                self.worker_locations[worker_id] = self._wait_until_built(worker_id, self._actors[worker_id].where.remote())
-                break
-            except WorkerDied as died:  # the replacement died too: that is one more death
-                reason = died.reason
+        for where in [where for where, owner in self._locating.items() if owner == worker_id]:
+            del self._locating[where]
+        self._ray.kill(self._actors[worker_id], no_restart=True)
+        self._incarnations[worker_id] += 1
+        self._actors[worker_id] = self._new_actor(worker_id)
+        self.worker_locations[worker_id] = (None, 0)  # type: ignore[assignment]
+        self._locating[self._actors[worker_id].where.remote()] = worker_id
+        self.silence.heard(worker_id)  # its silence counts from its start, not from its predecessor's last report
+        # Queued now, run by Ray once the actor is built; a replacement that dies building fails them, and is replaced.
         for _ in range(self._calls_per_worker):
             self._submit(worker_id)
 
@@ -323,6 +343,7 @@ class RayCollector(GradientCollector):
         self._closed = True
         ray = self._ray
         self._pending.clear()
+        self._locating.clear()
         self._payloads.clear()
         try:
             for actor in self._actors:
