@@ -157,9 +157,8 @@ class SoakResult:
     seconds: float
     asked: int
     num_timesteps: int
-    # As SB3's loops count: on_step per n_envs steps, so the budget rounded up to n_envs where the workers apply
-    # their updates (they claim exactly the budget); in learner mode, up to one more worker's segment (as SB3's
-    # A2C finishes its last rollout).
+    # As SB3's loops count: on_step per n_envs steps, and the last segment counted whole, so at most the budget
+    # rounded up to n_envs plus one worker's segment (as SB3's A2C finishes its last rollout), in every mode.
     most_timesteps: int
     kills: int
     kills_at_the_end: int  # after the last report's callbacks: the learner was done, and replaced nobody
@@ -213,10 +212,7 @@ def descendants(root: int) -> list[int]:
 
 
 def most_timesteps(model: Any, asked: int) -> int:
-    rounded_up = -(-asked // model.n_envs) * model.n_envs
-    if model._update_mode() == "learner":
-        return rounded_up + model.envs_per_worker * model.n_steps
-    return rounded_up
+    return -(-asked // model.n_envs) * model.n_envs + model.envs_per_worker * model.n_steps
 
 
 def mean_pss_mib(samples: list[tuple[float, int]], start: float, stop: float) -> float:
@@ -248,9 +244,10 @@ def soak(config: str, seconds: float, every: tuple[float, float], seed: int = 0,
                     seed=seed, device="cpu", max_worker_restarts=1_000_000, **hyperparameters, **settings,
                 )  # fmt: skip
 
-            if timesteps is None:  # a calibration run, on a model of its own: the soak's starts untrained
+            if timesteps is None:  # a calibration run, on a model of its own (the soak's starts untrained), started first
+                calibration = new_model().learn(5_000)
                 started = time.perf_counter()
-                new_model().learn(20_000)
+                calibration.learn(20_000, reset_num_timesteps=False)
                 timesteps = int(20_000 / (time.perf_counter() - started) * seconds)
             model = new_model()
             steps_before = steps_counted(counter)
