@@ -103,16 +103,19 @@ def steps_counted(counter_path: str) -> int:
 
 class KillWorkers(BaseCallback):
     """
-    From the first update on, SIGKILLs a random worker of the running ``learn()`` every ``every``
-    seconds (a uniform draw between the two), from a thread of its own, as the OOM killer or a
-    failing node would: at any point of a worker's loop, the shared lock held or not.
+    SIGKILLs a random worker every ``every`` seconds (a uniform draw between the two), from a thread
+    of its own, as the OOM killer or a failing node would: at any point of a worker's loop, the
+    shared lock held or not. Only while a ``learn()`` is under way and past its first update (a
+    worker killed while the workers start is an error by design: it could not start again), over
+    as many ``learn()`` calls as it is passed to; :meth:`stop` ends it.
     """
 
     def __init__(self, every: tuple[float, float], seed: int = 0):
         super().__init__()
         self.every = every
-        self.kills: list[float] = []  # seconds since the start of learn()
-        self.last_step_at = 0.0
+        self.kills: list[float] = []  # seconds since the first learn() started
+        self.kills_at_an_end = 0  # after the last update of a learn(): the learner was done, and replaced nobody
+        self._last_step_at = 0.0
         self._random = random.Random(seed)
         self._stop = threading.Event()
         self._training = threading.Event()
@@ -120,26 +123,28 @@ class KillWorkers(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._collector = self.locals["collector"]
-        self._started = time.perf_counter()
-        self._thread.start()
+        self._kills_before_this_learn = len(self.kills)
+        if not self._thread.is_alive():
+            self._started = time.perf_counter()
+            self._thread.start()
 
     def _on_step(self) -> bool:
         self._training.set()  # the workers are built and running: a kill now is a death, not a failed start
-        self.last_step_at = time.perf_counter() - self._started
+        self._last_step_at = time.perf_counter() - self._started
         return True
 
-    def kills_before(self, seconds: float) -> int:
-        return sum(at < seconds for at in self.kills)
-
     def _on_training_end(self) -> None:
+        self._training.clear()
+        self.kills_at_an_end += sum(at > self._last_step_at for at in self.kills[self._kills_before_this_learn :])
+
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
 
     def _kill_until_stopped(self) -> None:
-        self._training.wait()
         while not self._stop.wait(self._random.uniform(*self.every)):
             pids = [pid for pid in self._collector.worker_pids if pid]
-            if not pids:
+            if not self._training.is_set() or not pids:
                 continue
             try:
                 os.kill(self._random.choice(pids), signal.SIGKILL)
@@ -155,13 +160,14 @@ class KillWorkers(BaseCallback):
 class SoakResult:
     config: str
     seconds: float
+    learns: int  # learn() calls, one after the other (reset_num_timesteps=False after the first)
     asked: int
     num_timesteps: int
     # As SB3's loops count: on_step per n_envs steps, and the last segment counted whole, so at most the budget
     # rounded up to n_envs plus one worker's segment (as SB3's A2C finishes its last rollout), in every mode.
     most_timesteps: int
     kills: int
-    kills_at_the_end: int  # after the last report's callbacks: the learner was done, and replaced nobody
+    kills_at_an_end: int  # after the last update of a learn(): the learner was done, and replaced nobody
     restarts: int
     env_steps_taken: int
     env_steps_not_counted: int
@@ -183,12 +189,21 @@ class SoakResult:
         found = []
         if not self.asked <= self.num_timesteps <= self.most_timesteps:
             found.append(f"num_timesteps {self.num_timesteps}, asked for {self.asked} (at most {self.most_timesteps})")
-        # A kill just before the last report may find the learner with every step it asked for: no restart needed.
-        if not self.kills - self.kills_at_the_end - 1 <= self.restarts <= self.kills:
+        # A kill just before a learn()'s last update may find the learner with every step it asked for: no restart
+        # needed. More restarts than kills: a worker went silent and was replaced, which nothing here should cause.
+        if not self.kills - self.kills_at_an_end - self.learns <= self.restarts <= self.kills:
             found.append(f"{self.kills} kills but {self.restarts} restarts")
         if self.processes_left or self.shm_left:
             found.append(f"left behind: processes {self.processes_left}, /dev/shm {self.shm_left}")
         return found
+
+
+class SoakEpisodes(EpisodeRecorder):
+    """Every training episode, timed from the first of several ``learn()`` calls."""
+
+    def _on_training_start(self) -> None:
+        if not self.started:
+            super()._on_training_start()
 
 
 def descendants(root: int) -> list[int]:
@@ -222,8 +237,8 @@ def mean_pss_mib(samples: list[tuple[float, int]], start: float, stop: float) ->
 
 def soak(config: str, seconds: float, every: tuple[float, float], seed: int = 0, timesteps: int | None = None) -> SoakResult:
     """
-    Train ``config`` for about ``seconds`` under the killer. The budget is ``timesteps`` or, by
-    default, ``seconds`` times the env steps/s of a short run of the same model without kills.
+    Train ``config`` under the killer: one ``learn(timesteps)``, or, by default, ``learn()`` after
+    ``learn()`` (as a user training in chunks would) of about a minute each, until ``seconds`` have passed.
     """
     algo, settings = CONFIGS[config]
     algorithm_class, hyperparameters = ALGORITHMS[algo]
@@ -244,18 +259,25 @@ def soak(config: str, seconds: float, every: tuple[float, float], seed: int = 0,
                     seed=seed, device="cpu", max_worker_restarts=1_000_000, **hyperparameters, **settings,
                 )  # fmt: skip
 
-            if timesteps is None:  # a calibration run, on a model of its own (the soak's starts untrained), started first
+            if timesteps is None:  # learn() in chunks of about a minute (calibrated on a model of its own) for `seconds`
                 calibration = new_model().learn(5_000)
                 started = time.perf_counter()
                 calibration.learn(20_000, reset_num_timesteps=False)
-                timesteps = int(20_000 / (time.perf_counter() - started) * seconds)
+                chunk = int(20_000 / (time.perf_counter() - started) * min(seconds, 60.0))
             model = new_model()
             steps_before = steps_counted(counter)
-            killer, episodes = KillWorkers(every, seed), EpisodeRecorder()
+            killer, episodes = KillWorkers(every, seed), SoakEpisodes()
             with ProcessTreeMonitor(interval=1.0) as memory:
-                started = time.perf_counter()
-                model.learn(timesteps, callback=[killer, episodes])
+                started, learns = time.perf_counter(), 0
+                try:
+                    while learns == 0 or (timesteps is None and time.perf_counter() - started < seconds):
+                        counted_before = model.num_timesteps
+                        model.learn(timesteps or chunk, callback=[killer, episodes], reset_num_timesteps=learns == 0)
+                        learns += 1
+                finally:
+                    killer.stop()
                 elapsed = time.perf_counter() - started
+            asked = counted_before + (timesteps or chunk)  # what the last learn() counted to, as SB3 adds it up
         finally:
             if ray is not None:
                 ray.shutdown()
@@ -271,11 +293,12 @@ def soak(config: str, seconds: float, every: tuple[float, float], seed: int = 0,
     return SoakResult(
         config=config,
         seconds=elapsed,
-        asked=timesteps,
+        learns=learns,
+        asked=asked,
         num_timesteps=model.num_timesteps,
-        most_timesteps=most_timesteps(model, timesteps),
+        most_timesteps=most_timesteps(model, asked),
         kills=len(killer.kills),
-        kills_at_the_end=len(killer.kills) - killer.kills_before(killer.last_step_at),
+        kills_at_an_end=killer.kills_at_an_end,
         restarts=model.worker_restarts,
         env_steps_taken=taken,
         env_steps_not_counted=taken - model.num_timesteps,
@@ -316,7 +339,8 @@ def main() -> None:
         results.append(result)
         verdict = "; ".join(result.problems) or "nothing lost or left"
         print(
-            f"{config}: {result.seconds:.0f} s, {result.kills} kills, {result.restarts} restarts, "
+            f"{config}: {result.seconds:.0f} s in {result.learns} learn() calls, {result.kills} kills, "
+            f"{result.restarts} restarts, "
             f"{result.num_timesteps:,} of {result.asked:,} steps; threshold at {result.seconds_to_threshold:.0f} s "
             f"(best mean {result.best_training_mean:.0f}, final {result.final_training_mean:.0f}); "
             f"{result.env_steps_not_counted:,} env steps not counted "
