@@ -130,13 +130,15 @@ class FlatOptimizerState:
         """Write this state into ``optimizer``, one state per parameter tensor, as SB3 saves it."""
         ranges = flat_ranges(params)
         for (start, stop), run_state in zip(self.runs, self.state, strict=True):
+            # Read once: lock-free workers go on counting, and every tensor of the run must show the same count.
+            step = run_state["step"].clone() if "step" in run_state else None
             for param in params:
                 param_start, param_stop = ranges[id(param)]
                 if not start <= param_start < stop:
                     continue
                 optimizer.state[param] = {
-                    key: value.clone()
-                    if key == "step"
+                    key: step.clone()
+                    if key == "step" and step is not None
                     else value[param_start - start : param_stop - start].view_as(param).clone().to(param.device)
                     for key, value in run_state.items()
                 }

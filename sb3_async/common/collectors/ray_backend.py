@@ -169,7 +169,7 @@ class RayCollector(GradientCollector):
         self._published: Any = None
         self._actors: list[Any] = []
         self._incarnations = [0] * n_workers
-        self.worker_locations: list[tuple[str, int]] = []  # (node id, pid) of each actor; (None, 0) while a new one builds
+        self.worker_locations: list[tuple[str | None, int]] = []  # (node id, pid) of each actor; (None, 0) while it builds
         self._locating: dict[Any, int] = {}  # replacements' where() calls not yet answered -> worker id
         self._pending: OrderedDict[Any, int] = OrderedDict()  # calls in flight, oldest first -> worker id
         self._last_answer = [Go() for _ in range(n_workers)]
@@ -183,7 +183,8 @@ class RayCollector(GradientCollector):
 
     @property
     def worker_pids(self) -> list[int]:
-        return [pid for _, pid in self.worker_locations]
+        # As the local collector's: the processes that run now, so a replacement still building is left out.
+        return [pid for _, pid in self.worker_locations if pid]
 
     def start(self) -> None:
         ray = self._ray
@@ -192,7 +193,7 @@ class RayCollector(GradientCollector):
             self._started_ray = True
         self._publish(*self._initial, version=0)
         self._actors = [self._new_actor(worker_id) for worker_id in range(self.n_workers)]
-        self.worker_locations = [(None, 0)] * self.n_workers  # type: ignore[list-item]
+        self.worker_locations = [(None, 0)] * self.n_workers
         for worker_id, where in enumerate([actor.where.remote() for actor in self._actors]):
             try:
                 self.worker_locations[worker_id] = self._wait_until_built(worker_id, where)
@@ -330,7 +331,7 @@ class RayCollector(GradientCollector):
         self._ray.kill(self._actors[worker_id], no_restart=True)
         self._incarnations[worker_id] += 1
         self._actors[worker_id] = self._new_actor(worker_id)
-        self.worker_locations[worker_id] = (None, 0)  # type: ignore[assignment]
+        self.worker_locations[worker_id] = (None, 0)
         self._locating[self._actors[worker_id].where.remote()] = worker_id
         self.silence.heard(worker_id)  # its silence counts from its start, not from its predecessor's last report
         # Queued now, run by Ray once the actor is built; a replacement that dies building fails them, and is replaced.
