@@ -154,6 +154,51 @@ def test_a_trial_whose_worker_crashes_is_pruned_and_the_study_goes_on(tmp_path, 
     assert "No trial completed" in capsys.readouterr().out
 
 
+def test_the_time_objective_ranks_trials_by_seconds_to_the_target_and_misses_below(tmp_path, no_leaks):
+    # A 100-episode training mean of 15 on CartPole is reached by any policy (a random one scores about 22),
+    # as soon as 100 episodes have ended: every trial hits, and its value is minus its seconds.
+    storage = tmp_path / "time.log"
+    common = ["--algo", "a3c", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "--storage", str(storage),
+              "--seed", "2"]  # fmt: skip
+    main(["train", *common, "--study-name", "hits", "-n", "200000", "-optimize", "--n-trials", "2", "--sampler", "random",
+          "--objective", "time", "--target-score", "15", "--time-budget", "60", "--no-optim-plots"])  # fmt: skip
+    trials = journal_study(storage, "hits").trials
+    assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for trial in trials:
+        assert trial.user_attrs["objective"] == "time"
+        assert {"n_workers", "envs_per_worker", "update_mode", "learning_rate"} <= set(trial.params)
+        assert 0 < trial.user_attrs["seconds_to_target"] < 60
+        assert trial.value == pytest.approx(-trial.user_attrs["seconds_to_target"])
+        assert trial.user_attrs["final_training_mean"] >= 15 and trial.user_attrs["training_episodes_in_window"] == 100
+
+    # A target no trial reaches: the trial stops at its time budget and ranks below any hit, by its final mean.
+    main(["train", *common, "--study-name", "miss", "-n", "1000000", "-optimize", "--n-trials", "1", "--sampler", "random",
+          "--objective", "time", "--target-score", "5000", "--time-budget", "4", "--no-optim-plots"])  # fmt: skip
+    (miss,) = journal_study(storage, "miss").trials
+    assert miss.user_attrs["seconds_to_target"] is None and 4 <= miss.user_attrs["seconds"] < 30
+    shortfall = (5000 - miss.user_attrs["final_training_mean"]) / 5000
+    assert miss.value == pytest.approx(-4 * (1 + shortfall)) and miss.value < -4
+
+    # --trial-id reproduces a time trial with the layout it chose, which no config could set.
+    main(["train", *common, "--study-name", "hits", "-n", "200", "--trial-id", "1", "--eval-freq", "-1"])
+    params = trials[1].params
+    model = A3C.load(next((tmp_path / "logs" / "a3c").glob("CartPole-v1_*/CartPole-v1.zip")), device="cpu")
+    for key in ("n_workers", "envs_per_worker"):
+        assert params[key] == "auto" or getattr(model, key) == params[key]
+    assert model.update_mode == params["update_mode"]
+
+
+def test_the_time_objective_needs_optimize_and_a_target():
+    with pytest.raises(SystemExit):
+        main(["train", "--algo", "a3c", "--env", "CartPole-v1", "--objective", "time"])
+    with pytest.raises(ValueError, match="no reward threshold"):
+        AsyncExperimentManager(
+            argparse.Namespace(), "a3c", "Blackjack-v1", "/tmp", objective="time", optimize_hyperparameters=True
+        )
+    with pytest.raises(ValueError, match="objective must be one of"):
+        AsyncExperimentManager(argparse.Namespace(), "a3c", "CartPole-v1", "/tmp", objective="seconds")
+
+
 def test_trial_id_reproduces_the_trial(tmp_path, no_leaks):
     storage = tmp_path / "offpac.log"
     common = ["--algo", "offpac", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "--storage", str(storage),

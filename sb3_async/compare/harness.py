@@ -7,7 +7,6 @@ deterministic evaluation of the final policy.
 
 import argparse
 import ast
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,9 +26,7 @@ from tqdm.auto import tqdm
 from sb3_async.common.wrappers import parse_latency
 from sb3_async.compare.measure import EpisodeRecorder, ProcessTreeMonitor, first_time_solved
 from sb3_async.zoo.experiment import ASYNC_ALGOS, AsyncExperimentManager, register
-
-# Thresholds for envs whose gymnasium spec has none (Pendulum-v1: rl-zoo's "solved" level).
-DEFAULT_THRESHOLDS = {"Pendulum-v1": -200.0}
+from sb3_async.zoo.time_objective import threshold_for
 
 
 @dataclass
@@ -96,13 +93,6 @@ class RunResult:
     def row(self) -> dict[str, Any]:
         row = {key: value for key, value in asdict(self).items() if key not in ("spec", "episodes")}
         return {"label": self.spec.label, **asdict(self.spec), **row}
-
-
-def threshold_for(env_id: str) -> float:
-    spec = gym.spec(env_id)
-    if spec.reward_threshold is not None:
-        return float(spec.reward_threshold)
-    return DEFAULT_THRESHOLDS.get(env_id, math.nan)
 
 
 def validate(

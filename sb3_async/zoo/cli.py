@@ -1,5 +1,7 @@
 """``python -m sb3_async.zoo <script> [rl-zoo3 flags]``: rl-zoo3's scripts, with sb3_async's algorithms registered."""
 
+import argparse
+import functools
 import sys
 from unittest import mock
 
@@ -8,11 +10,39 @@ from rl_zoo3.enjoy import enjoy
 from rl_zoo3.plots import all_plots, plot_from_file, plot_train
 
 from sb3_async.zoo.experiment import AsyncExperimentManager, register
+from sb3_async.zoo.time_objective import OBJECTIVES
+
+
+def objective_parser() -> argparse.ArgumentParser:
+    """The flags ``train`` takes beside rl-zoo3's: the objective of ``-optimize``."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    objective = parser.add_argument_group("sb3_async: what -optimize maximizes")
+    objective.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="score",
+        help="score: rl-zoo3's (the evaluation after -n steps); time: seconds until the 100-episode training mean "
+        "reaches --target-score, misses ranked below by their final mean (sb3_async/zoo/time_objective.py)",
+    )
+    objective.add_argument("--target-score", type=float, default=None, help="default: the env's reward threshold")
+    objective.add_argument("--time-budget", type=float, default=300.0, help="seconds per trial (default: 300)")
+    return parser
 
 
 def train() -> None:
+    parser = objective_parser()
+    ours, rest = parser.parse_known_args(sys.argv[1:])
+    if "-h" in rest or "--help" in rest:
+        parser.print_help()  # then rl-zoo3's own help, which ends the process
+    elif ours.objective == "time" and not {"-optimize", "--optimize-hyperparameters"} & set(rest):
+        parser.error("--objective time is what -optimize maximizes: add -optimize")
+    elif ours.time_budget <= 0:
+        parser.error(f"--time-budget must be > 0 seconds, got {ours.time_budget}")
+    manager = functools.partial(
+        AsyncExperimentManager, objective=ours.objective, target_score=ours.target_score, time_budget=ours.time_budget
+    )
     # rl-zoo3's train() builds its ExperimentManager by name; ours only adds to it.
-    with mock.patch.object(rl_zoo3.train, "ExperimentManager", AsyncExperimentManager):
+    with mock.patch.object(rl_zoo3.train, "ExperimentManager", manager), mock.patch.object(sys, "argv", [sys.argv[0], *rest]):
         rl_zoo3.train.train()
 
 

@@ -14,13 +14,18 @@ else (config files, schedules, VecNormalize, callbacks, Optuna studies, saving) 
 - **A trial whose workers fail** (an env or the loss raising, e.g. on NaN) is pruned, as rl-zoo3
   prunes trials that raise ValueError, instead of ending the study; so is a trial whose score is
   not finite. Workers are stopped at the end of every ``learn()``, so trials do not pile up processes.
+- **The wall-clock objective** (``objective="time"``, ``--objective time`` on the command line): a
+  trial's value is minus its seconds to ``target_score``, within ``time_budget`` seconds
+  (:mod:`sb3_async.zoo.time_objective`); rl-zoo3's objective stays the default.
 """
 
 import functools
 import importlib
 import math
+import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import gymnasium as gym
 import optuna
@@ -36,8 +41,9 @@ from sb3_async.common.async_algorithm import default_n_workers
 from sb3_async.common.collectors import WorkerError
 from sb3_async.common.torch_layers import MinAtarCNN
 from sb3_async.common.env_recipes import RECIPE_ATTRIBUTE, VecEnvRecipe
-from sb3_async.zoo.minatar import register_minatar_envs
 from sb3_async.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
+from sb3_async.zoo.minatar import register_minatar_envs
+from sb3_async.zoo.time_objective import OBJECTIVES, TimeToTargetCallback, threshold_for
 
 # a3c_lstm is A3C with its own config file of recurrent entries, as rl-zoo3's ppo_lstm is RecurrentPPO.
 ASYNC_ALGOS: dict[str, type[BaseAlgorithm]] = {
@@ -112,20 +118,50 @@ def split_envs(n_envs: int, n_workers: int | None) -> tuple[int, int]:
 
 
 class AsyncExperimentManager(ExperimentManager):
-    """:class:`rl_zoo3.exp_manager.ExperimentManager` for sb3_async's algorithms too (see the module docstring)."""
+    """
+    :class:`rl_zoo3.exp_manager.ExperimentManager` for sb3_async's algorithms too (see the module docstring).
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    :param args: rl-zoo3's arguments
+    :param objective: what ``-optimize`` maximizes: ``"score"`` (rl-zoo3's: the evaluation after
+        ``n_timesteps``) or ``"time"`` (minus the seconds until the 100-episode training mean
+        reaches ``target_score``)
+    :param target_score: the wall-clock objective's target (default: the env's reward threshold)
+    :param time_budget: the wall-clock objective's seconds per trial
+    :param kwargs: rl-zoo3's keyword arguments
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        objective: str = "score",
+        target_score: float | None = None,
+        time_budget: float = 300.0,
+        **kwargs: Any,
+    ):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if objective == "time" and not (isinstance(time_budget, (int, float)) and time_budget > 0):
+            raise ValueError(f"time_budget must be a number of seconds > 0, got {time_budget!r}")
         register()
         super().__init__(*args, **kwargs)
         if self.is_async and not kwargs.get("config"):
             self.config = str(default_config_path(self.algo))
+        self.objective_kind = objective
+        self.time_budget = float(time_budget)
+        self.target_score = float("nan")
+        if objective == "time":
+            self.target_score = threshold_for(self.env_name.gym_id) if target_score is None else float(target_score)
+            if not math.isfinite(self.target_score):
+                raise ValueError(f"{self.env_name.gym_id} has no reward threshold: give the time objective a target_score")
 
     @property
     def is_async(self) -> bool:
         return self.algo in ASYNC_ALGOS
 
     def _preprocess_hyperparams(self, hyperparams: dict[str, Any]):
-        if self.is_async and "envs_per_worker" in hyperparams:
+        # A trial of the wall-clock objective chose its own layout; --trial-id brings it back as it was.
+        layout_of_a_trial = self.trial_id is not None and "envs_per_worker" in hyperparams
+        if self.is_async and "envs_per_worker" in hyperparams and not layout_of_a_trial:
             raise ValueError(
                 f"{self.algo} config: do not set envs_per_worker; set n_envs (the total number of envs) "
                 "and n_workers, and envs_per_worker = n_envs // n_workers follows"
@@ -133,7 +169,10 @@ class AsyncExperimentManager(ExperimentManager):
         if isinstance(hyperparams.get("policy_kwargs"), str):
             hyperparams = {**hyperparams, "policy_kwargs": evaluate_policy_kwargs(hyperparams["policy_kwargs"])}
         hyperparams, env_wrapper, callbacks, vec_env_wrapper = super()._preprocess_hyperparams(hyperparams)
-        if self.is_async:
+        if self.is_async and layout_of_a_trial:
+            if isinstance(hyperparams["n_workers"], int) and isinstance(hyperparams["envs_per_worker"], int):
+                self.n_envs = hyperparams["n_workers"] * hyperparams["envs_per_worker"]  # rl-zoo3 scales frequencies by it
+        elif self.is_async:
             hyperparams["n_workers"], hyperparams["envs_per_worker"] = split_envs(self.n_envs, hyperparams.get("n_workers"))
         return hyperparams, env_wrapper, callbacks, vec_env_wrapper
 
@@ -163,6 +202,8 @@ class AsyncExperimentManager(ExperimentManager):
             print(f"No trial completed (all pruned or failed), so there is no best trial to report: {error}")
 
     def objective(self, trial: optuna.Trial) -> float:
+        if self.objective_kind == "time":
+            return self._time_objective(trial)
         try:
             score = super().objective(trial)
         except WorkerError as error:
@@ -171,3 +212,28 @@ class AsyncExperimentManager(ExperimentManager):
         if not math.isfinite(score):
             raise optuna.TrialPruned(f"the trial's evaluation score is {score}")
         return score
+
+    def _time_objective(self, trial: optuna.Trial) -> float:
+        """rl-zoo3's objective, with :class:`TimeToTargetCallback` where it makes its evaluation callback."""
+        trial.set_user_attr("objective", "time")  # the samplers then search the layout too
+        started = time.perf_counter()
+        made: list[TimeToTargetCallback] = []
+
+        def time_to_target(eval_env: VecEnv, trial: optuna.Trial, **unused: Any) -> TimeToTargetCallback:
+            callback = TimeToTargetCallback(
+                eval_env, trial, self.target_score, self.time_budget, n_reports=self.n_evaluations or 1, started=started
+            )
+            made.append(callback)
+            return callback
+
+        try:
+            with mock.patch.object(rl_zoo3.exp_manager, "TrialEvalCallback", time_to_target):
+                super().objective(trial)
+        except (WorkerError, ValueError) as error:
+            # A sampled layout this run cannot use (a worker update mode with Ray, say) is pruned, not fatal.
+            print(f"Trial {trial.number} pruned: {error}")
+            raise optuna.TrialPruned(str(error)) from error
+        (callback,) = made
+        for key, value in callback.summary().items():
+            trial.set_user_attr(key, value)
+        return callback.value

@@ -8,7 +8,10 @@ the converter turns stored ``trial.params`` back into keyword arguments, which i
 
 ``n_envs`` (from the config) is the total number of envs; a trial chooses how many workers share
 them (``n_workers``, a divisor of ``n_envs``), so the evaluation schedule rl-zoo3 derives from
-``n_envs`` stays right for every trial.
+``n_envs`` stays right for every trial. Under the wall-clock objective (``--objective time``, whose
+trials carry the user attribute ``objective="time"``), the layout is free instead: ``n_workers`` and
+``envs_per_worker`` (each may be ``"auto"``) and ``update_mode`` are searched, since how the work sits
+on the cores is what that objective ranks (:mod:`sb3_async.zoo.time_objective`).
 """
 
 from typing import Any
@@ -25,11 +28,26 @@ NET_ARCH = {
 Q_NET_ARCH = {"tiny": [64], "small": [64, 64], "medium": [256, 256]}
 ACTIVATION_FN = {"tanh": nn.Tanh, "relu": nn.ReLU}
 N_WORKERS_CHOICES = (1, 2, 4, 8)
+# The wall-clock objective's layouts ("auto": measured at construction, see A3C's docstring).
+TIME_LAYOUT_CHOICES: dict[str, tuple[Any, ...]] = {
+    "n_workers": (1, 2, 4, 8, "auto"),
+    "envs_per_worker": (1, 2, 4, 8, 16, "auto"),
+    "update_mode": ("learner", "locked", "hogwild"),
+}
 
 
-def _sample_n_workers(trial: optuna.Trial, n_envs: int) -> int:
-    choices = [n for n in N_WORKERS_CHOICES if n_envs % n == 0]
-    return trial.suggest_categorical("n_workers", choices)
+def _sample_layout(trial: optuna.Trial, n_envs: int) -> dict[str, Any]:
+    """The workers' layout: ``n_workers`` sharing ``n_envs``; or, for the wall-clock objective, any layout."""
+    if trial.user_attrs.get("objective") == "time":
+        return {key: trial.suggest_categorical(key, choices) for key, choices in TIME_LAYOUT_CHOICES.items()}
+    return {"n_workers": trial.suggest_categorical("n_workers", [n for n in N_WORKERS_CHOICES if n_envs % n == 0])}
+
+
+def _with_envs_per_worker(hyperparams: dict[str, Any], n_envs: int) -> dict[str, Any]:
+    """``envs_per_worker = n_envs // n_workers`` unless the trial chose its own."""
+    if "envs_per_worker" in hyperparams:
+        return hyperparams
+    return {**hyperparams, "envs_per_worker": n_envs // hyperparams["n_workers"]}
 
 
 def _sample_common(trial: optuna.Trial, n_envs: int, n_steps_choices: list[int]) -> dict[str, Any]:
@@ -43,7 +61,7 @@ def _sample_common(trial: optuna.Trial, n_envs: int, n_steps_choices: list[int])
         "max_grad_norm": trial.suggest_float("max_grad_norm", 0.3, 5.0, log=True),
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCH)),
         "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATION_FN)),
-        "n_workers": _sample_n_workers(trial, n_envs),
+        **_sample_layout(trial, n_envs),
     }
 
 
@@ -72,7 +90,7 @@ def sample_a3c_params(trial: optuna.Trial, n_actions: int, n_envs: int, addition
     params = _sample_common(trial, n_envs, [5, 8, 16, 32, 64])
     params["one_minus_gae_lambda"] = trial.suggest_float("one_minus_gae_lambda", 0.0001, 0.1, log=True)
     trial.set_user_attr("gamma", 1 - params["one_minus_gamma"])
-    return {**convert_a3c_params(params), "envs_per_worker": n_envs // params["n_workers"]}
+    return _with_envs_per_worker(convert_a3c_params(params), n_envs)
 
 
 def convert_a3c_lstm_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +131,7 @@ def sample_offpac_params(trial: optuna.Trial, n_actions: int, n_envs: int, addit
     params["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256])
     params["behavior_epsilon"] = trial.suggest_categorical("behavior_epsilon", [0.0, 0.05, 0.1, 0.2, 0.3])
     trial.set_user_attr("gamma", 1 - params["one_minus_gamma"])
-    return {**convert_offpac_params(params), "envs_per_worker": n_envs // params["n_workers"]}
+    return _with_envs_per_worker(convert_offpac_params(params), n_envs)
 
 
 def convert_async_q_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -142,10 +160,10 @@ def sample_async_q_params(trial: optuna.Trial, n_actions: int, n_envs: int, addi
         "exploration_fraction": trial.suggest_float("exploration_fraction", 0.05, 0.5),
         "max_grad_norm": trial.suggest_float("max_grad_norm", 0.3, 10.0, log=True),
         "net_arch": trial.suggest_categorical("net_arch", list(Q_NET_ARCH)),
-        "n_workers": _sample_n_workers(trial, n_envs),
+        **_sample_layout(trial, n_envs),
     }
     trial.set_user_attr("gamma", 1 - params["one_minus_gamma"])
-    return {**convert_async_q_params(params), "envs_per_worker": n_envs // params["n_workers"]}
+    return _with_envs_per_worker(convert_async_q_params(params), n_envs)
 
 
 SAMPLERS = {
