@@ -15,6 +15,7 @@ from sb3_async.compare import plan_runs, validate
 from sb3_async.common.torch_layers import MinAtarCNN
 from sb3_async.compare.harness import (
     RunSpec,
+    default_algos,
     experiment_manager,
     parse_conf_files,
     parse_variant,
@@ -23,6 +24,7 @@ from sb3_async.compare.harness import (
 )
 from sb3_async.compare.__main__ import main
 from sb3_async.compare.measure import ProcessTreeMonitor, first_time_solved
+from sb3_async.zoo.time_objective import threshold_for
 from sb3_async.compare.report import _algo_with_variant, plot_scaling, read_comparison, summary_table
 
 
@@ -234,6 +236,22 @@ def test_variants_set_hyperparameters_and_the_vec_env_of_a_run(tmp_path):
         assert isinstance(model.env, SubprocVecEnv) and model.env.num_envs == 8  # rl-zoo's a2c CartPole-v1 entry
     finally:
         model.env.close()
+
+
+def test_by_default_a3c_meets_what_a_user_would_otherwise_pick_with_rl_zoos_entries(tmp_path):
+    assert default_algos("CartPole-v1") == ["a3c", "a2c", "ppo"]
+    assert default_algos("Pendulum-v1") == ["a3c", "a2c", "ppo", "sac"]
+    with pytest.raises(ValueError, match="unknown env"):
+        default_algos("NoSuchEnv-v0")
+    # PPO and SAC train and are measured as A2C is, each with rl-zoo3's own entry.
+    for algo, env_id, settings in [("ppo", "CartPole-v1", dict(n_steps=32, n_epochs=20)), ("sac", "Pendulum-v1", {})]:
+        spec = RunSpec(algo, env_id, seed=0, timesteps=300, threshold=threshold_for(env_id), eval_episodes=1)
+        model, _ = experiment_manager(spec, str(tmp_path / algo)).setup_experiment()
+        assert {key: getattr(model, key) for key in settings} == settings
+        assert model.lr_schedule(1.0) == pytest.approx(1e-3)  # both entries start at 1e-3; SB3's default is 3e-4
+        model.env.close()
+        result = run_one(spec)
+        assert result.fps > 0 and result.cpu_cores > 0 and np.isfinite(result.final_score), result
 
 
 def test_a_config_file_for_one_algo_and_one_for_the_others():

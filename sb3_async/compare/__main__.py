@@ -1,4 +1,5 @@
 """
+python -m sb3_async.compare --env CartPole-v1 --seeds 5 --timesteps 300000 --out results/
 python -m sb3_async.compare --env CartPole-v1 --algos a3c a2c offpac --seeds 5 --timesteps 300000 --out results/
 python -m sb3_async.compare --env CartPole-v1 --algos a3c --scaling 1 2 --envs-per-worker 4 --seeds 3 --timesteps 200000 \
     --out results/scaling
@@ -16,7 +17,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from sb3_async.compare.harness import RunResult, parse_conf_files, plan_runs, run_all, runs_still_to_do, validate
+from sb3_async.compare.harness import (
+    RunResult,
+    default_algos,
+    parse_conf_files,
+    plan_runs,
+    run_all,
+    runs_still_to_do,
+    validate,
+)
 from sb3_async.compare.report import read_comparison, write_csvs, write_report, write_report_from_csvs
 
 
@@ -28,10 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--algos",
         nargs="+",
-        default=["a3c", "a2c"],
-        help="rl-zoo3 algo names (a3c, offpac, a2c, ppo, ...), each optionally with a variant: ALGO:KEY=VALUE[,...] "
+        default=None,
+        help="rl-zoo3 algo names (a3c, offpac, a2c, ppo, sac, ...), each optionally with a variant: ALGO:KEY=VALUE[,...] "
         "sets hyperparameters over the config's (a3c:update_mode=hogwild), and vec_env=subproc steps a synchronous "
-        "algo's envs in a SubprocVecEnv (a2c:vec_env=subproc)",
+        "algo's envs in a SubprocVecEnv (a2c:vec_env=subproc). Default: a3c a2c ppo, and sac for continuous actions",
     )
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0 .. seeds-1)")
     parser.add_argument("--timesteps", type=int, default=300_000)
@@ -79,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     earlier, commands = None, [command]
     try:
+        if args.algos is None:
+            args.algos = default_algos(args.env)
         validate(args.algos, args.env, args.seeds, args.timesteps, args.scaling, args.env_latency)
         conf_files = parse_conf_files(args.conf_file)
         planned = plan_runs(

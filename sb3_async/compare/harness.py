@@ -95,6 +95,23 @@ class RunResult:
         return {"label": self.spec.label, **asdict(self.spec), **row}
 
 
+def default_algos(env_id: str) -> list[str]:
+    """
+    What a user would otherwise pick, beside A3C: SB3's A2C and PPO (what most SB3 users train with),
+    and SAC where the actions are continuous; each with rl-zoo3's entry for ``env_id``.
+    """
+    register()  # MinAtar's ids
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as error:
+        raise ValueError(f"unknown env {env_id!r}: {error}") from error
+    try:
+        continuous = isinstance(env.action_space, gym.spaces.Box)
+    finally:
+        env.close()
+    return ["a3c", "a2c", "ppo", "sac"] if continuous else ["a3c", "a2c", "ppo"]
+
+
 def validate(
     algos: list[str], env_id: str, seeds: int, timesteps: int, scaling: list[int] | None = None, env_latency: str | None = None
 ) -> None:
