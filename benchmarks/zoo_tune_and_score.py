@@ -2,10 +2,13 @@
 Tune A3C and OffPolicyAC with rl-zoo3's own Optuna pipeline, then score the zoo_configs entries.
 
     python benchmarks/zoo_tune_and_score.py tune  --algos a3c offpac --envs CartPole-v1 --trials 20 --timesteps 50000
+    python benchmarks/zoo_tune_and_score.py tune  --algos a3c --envs Acrobot-v1 --trials 25 --objective time --time-budget 30
     python benchmarks/zoo_tune_and_score.py score --algos a3c offpac --seeds 0 1
 
 ``tune`` runs ``python -m sb3_async.zoo train -optimize`` (TPE sampler, median pruner, a journal file
-storage under logs/tune/) and prints the best trial's parameters as zoo_configs entries.
+storage under logs/tune/) and prints the best trial's parameters as zoo_configs entries. With
+``--objective time`` a trial's value is minus its seconds to the env's threshold (docs/zoo.md), with
+up to ``--time-budget`` seconds and ``--timesteps`` (default then 1M) per trial.
 ``score`` trains every config entry named with ``--envs`` (default: the issue's five envs) with
 rl-zoo3's EvalCallback and prints a Markdown table of the final and best 10-episode evaluations.
 """
@@ -29,15 +32,20 @@ def zoo(*flags: str) -> None:
 
 
 def tune(args: argparse.Namespace) -> None:
+    timed = args.objective == "time"
+    # A timed trial reports to the pruner 4 times over its budget; a scored one is evaluated twice.
+    objective = ["--objective", "time", "--time-budget", str(args.time_budget), "--n-evaluations", "4"] if timed else []
     for algo in args.algos:
         for env_id in args.envs:
-            storage = Path(args.log_folder) / f"{algo}-{env_id}.log"
-            zoo("train", "--algo", algo, "--env", env_id, "-f", args.log_folder, "-n", str(args.timesteps),
-                "-optimize", "--n-trials", str(args.trials), "--n-evaluations", "2", "--eval-episodes", "10",
-                "--sampler", "tpe", "--pruner", "median", "--n-startup-trials", "5",
-                "--storage", str(storage), "--study-name", f"{algo}-{env_id}", "--no-optim-plots", "--seed", "0")  # fmt: skip
+            name = f"{algo}-{env_id}-time" if timed else f"{algo}-{env_id}"
+            storage = Path(args.log_folder) / f"{name}.log"
+            timesteps = args.timesteps or (1_000_000 if timed else 50_000)
+            zoo("train", "--algo", algo, "--env", env_id, "-f", args.log_folder, "-n", str(timesteps),
+                "-optimize", "--n-trials", str(args.trials), "--eval-episodes", "10",
+                "--sampler", "tpe", "--pruner", "median", "--n-startup-trials", "5", *(objective or ["--n-evaluations", "2"]),
+                "--storage", str(storage), "--study-name", name, "--no-optim-plots", "--seed", "0")  # fmt: skip
             study = optuna.load_study(
-                study_name=f"{algo}-{env_id}",
+                study_name=name,
                 storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage))),
             )
             values = [t.value for t in study.trials if t.value is not None]
@@ -73,7 +81,9 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["a3c", "offpac"])
     parser.add_argument("--envs", nargs="+", default=ENVS)
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--timesteps", type=int, default=50_000)
+    parser.add_argument("--timesteps", type=int, default=None, help="steps per trial (default 50k; 1M if timed)")
+    parser.add_argument("--objective", choices=["score", "time"], default="score")
+    parser.add_argument("--time-budget", type=float, default=60.0, help="seconds per trial with --objective time")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--eval-freq", type=int, default=25_000)
     parser.add_argument("--log-folder", default=None)
