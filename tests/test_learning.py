@@ -4,11 +4,11 @@ import functools
 
 import numpy as np
 import pytest
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, StopTrainingOnRewardThreshold
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnvBox
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
 
 from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
 from sb3_async.common.wrappers import ExploringStarts
@@ -18,46 +18,76 @@ from sb3_async.zoo.experiment import config_kwargs
 CARTPOLE_RANDOM_SCORE = 22.0
 
 
-class _EvaluationHistory(BaseCallback):
-    """Called by EvalCallback after each evaluation: keeps its mean, so a failure shows the whole curve."""
+class _CannotReachThreshold(Exception):
+    pass
 
-    def __init__(self):
+
+class EvaluateUntil(BaseCallback):
+    """
+    Every ``eval_freq`` calls, the deterministic policy's mean return over ``n_eval_episodes`` new
+    episodes (SB3's ``evaluate_policy``, with the VecNormalize statistics synced as EvalCallback
+    does); training stops at the first mean that reaches ``threshold``. Knowing ``best_return`` (the
+    most an episode can score), an evaluation stops as soon as the episodes it has played leave no
+    way to reach the threshold: a failing evaluation costs a few episodes, a passing one plays them all.
+    """
+
+    def __init__(self, eval_env, eval_freq: int, n_eval_episodes: int, threshold: float, best_return: float | None):
         super().__init__()
-        self.means: list[float] = []
+        self.eval_env, self.eval_freq, self.n_eval_episodes = eval_env, eval_freq, n_eval_episodes
+        self.threshold, self.best_return = threshold, best_return
+        self.best_mean_reward = -np.inf
+        self.means: list[str] = []  # every evaluation, so a failure shows the whole curve
+
+    def _give_up_when_out_of_reach(self, local_vars: dict, _globals: dict) -> None:
+        played = local_vars["episode_rewards"]
+        if self.best_return is not None and played:
+            still_possible = sum(played) + self.best_return * (self.n_eval_episodes - len(played))
+            if still_possible < self.threshold * self.n_eval_episodes:
+                raise _CannotReachThreshold(f"{np.mean(played):.1f} after {len(played)}")
 
     def _on_step(self) -> bool:
-        self.means.append(round(float(self.parent.last_mean_reward), 1))
-        return True
+        if self.n_calls % self.eval_freq != 0:
+            return True
+        if self.model.get_vec_normalize_env() is not None:
+            sync_envs_normalization(self.training_env, self.eval_env)
+        try:
+            mean, _ = evaluate_policy(
+                self.model, self.eval_env, self.n_eval_episodes, callback=self._give_up_when_out_of_reach, warn=False
+            )
+        except _CannotReachThreshold as stopped:
+            self.means.append(str(stopped))
+            return True
+        self.means.append(f"{mean:.1f}")
+        self.best_mean_reward = max(self.best_mean_reward, mean)
+        return mean < self.threshold
 
 
-def assert_training_reaches(model, eval_env, threshold: float, budget: int, eval_every: int, n_eval_episodes: int) -> None:
+def assert_training_reaches(
+    model, eval_env, threshold: float, budget: int, eval_every: int, n_eval_episodes: int, best_return: float | None = None
+) -> None:
     """
     Train, evaluating the deterministic policy on ``n_eval_episodes`` new episodes every ``eval_every``
     steps, until one evaluation averages ``threshold``; fail, with every evaluation, if the budget is
     spent first. Each evaluation plays episodes it has not played before, so a score is a real mean,
     not a re-run. Asynchronous runs differ run to run even with a seed, so a learning test gives the
     slowest run it has seen about twice its steps as budget, and a typical run stops well before it.
+    ``best_return`` (the most an episode can score) lets an evaluation that cannot pass stop early.
     """
-    history = _EvaluationHistory()
-    evaluations = EvalCallback(
-        eval_env,
-        eval_freq=eval_every // model.n_envs,
-        n_eval_episodes=n_eval_episodes,
-        callback_on_new_best=StopTrainingOnRewardThreshold(reward_threshold=threshold),
-        callback_after_eval=history,
-        verbose=0,
-    )
+    evaluations = EvaluateUntil(eval_env, eval_every // model.n_envs, n_eval_episodes, threshold, best_return)
     model.learn(budget, callback=evaluations)
     assert evaluations.best_mean_reward >= threshold, (
         f"best {evaluations.best_mean_reward:.1f} < {threshold} after {model.num_timesteps} steps; "
-        f"evaluations every {eval_every}: {history.means}"
+        f"evaluations every {eval_every} (mean, or mean after the episodes played until it was out of reach): "
+        f"{evaluations.means}"
     )
 
 
 def assert_solves_cartpole(model, seed: int, budget: int, eval_every: int = 10_000) -> None:
     """The deterministic policy must average 475 on 20 new CartPole-v1 episodes within ``budget`` steps."""
     eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=100 + seed)
-    assert_training_reaches(model, eval_env, threshold=475, budget=budget, eval_every=eval_every, n_eval_episodes=20)
+    assert_training_reaches(
+        model, eval_env, threshold=475, budget=budget, eval_every=eval_every, n_eval_episodes=20, best_return=500
+    )
 
 
 # A hand-tuned linear controller for CartPole (cart position, cart velocity, pole angle, angular velocity),
@@ -210,7 +240,9 @@ def test_a3c_swings_up_pendulum(no_leaks):
     # -100 to -250); one CI run had not passed -950 by 200k. EvalCallback syncs the VecNormalize
     # statistics into the eval env.
     eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=100), training=False, norm_reward=False)
-    assert_training_reaches(model, eval_env, threshold=-400, budget=400_000, eval_every=20_000, n_eval_episodes=10)
+    assert_training_reaches(
+        model, eval_env, threshold=-400, budget=400_000, eval_every=20_000, n_eval_episodes=10, best_return=0
+    )
 
 
 def test_offpac_swings_up_pendulum_with_its_zoo_entry(no_leaks):
@@ -224,7 +256,9 @@ def test_offpac_swings_up_pendulum_with_its_zoo_entry(no_leaks):
     env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=kwargs["gamma"])
     model = OffPolicyAC("MlpPolicy", env, seed=0, device="cpu", **kwargs)
     eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=100), training=False, norm_reward=False)
-    assert_training_reaches(model, eval_env, threshold=-250, budget=400_000, eval_every=10_000, n_eval_episodes=10)
+    assert_training_reaches(
+        model, eval_env, threshold=-250, budget=400_000, eval_every=10_000, n_eval_episodes=10, best_return=0
+    )
 
 
 def test_offpac_learns_continuous_actions_from_uniform_behaviour(no_leaks):

@@ -26,6 +26,12 @@ def objective_parser() -> argparse.ArgumentParser:
     )
     objective.add_argument("--target-score", type=float, default=None, help="default: the env's reward threshold")
     objective.add_argument("--time-budget", type=float, default=300.0, help="seconds per trial (default: 300)")
+    objective.add_argument(
+        "--hold-episodes",
+        type=int,
+        default=100,
+        help="after reaching the target, episodes whose mean must reach it too, or the trial is a miss (default: 100)",
+    )
     return parser
 
 
@@ -38,8 +44,14 @@ def train() -> None:
         parser.error("--objective time is what -optimize maximizes: add -optimize")
     elif ours.time_budget <= 0:
         parser.error(f"--time-budget must be > 0 seconds, got {ours.time_budget}")
+    elif ours.hold_episodes < 0:
+        parser.error(f"--hold-episodes must be >= 0, got {ours.hold_episodes}")
     manager = functools.partial(
-        AsyncExperimentManager, objective=ours.objective, target_score=ours.target_score, time_budget=ours.time_budget
+        AsyncExperimentManager,
+        objective=ours.objective,
+        target_score=ours.target_score,
+        time_budget=ours.time_budget,
+        hold_episodes=ours.hold_episodes,
     )
     # rl-zoo3's train() builds its ExperimentManager by name; ours only adds to it.
     with mock.patch.object(rl_zoo3.train, "ExperimentManager", manager), mock.patch.object(sys, "argv", [sys.argv[0], *rest]):

@@ -127,6 +127,7 @@ class AsyncExperimentManager(ExperimentManager):
         reaches ``target_score``)
     :param target_score: the wall-clock objective's target (default: the env's reward threshold)
     :param time_budget: the wall-clock objective's seconds per trial
+    :param hold_episodes: the wall-clock objective's episodes after a hit whose mean must reach the target too
     :param kwargs: rl-zoo3's keyword arguments
     """
 
@@ -136,18 +137,22 @@ class AsyncExperimentManager(ExperimentManager):
         objective: str = "score",
         target_score: float | None = None,
         time_budget: float = 300.0,
+        hold_episodes: int = 100,
         **kwargs: Any,
     ):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if objective == "time" and not (isinstance(time_budget, (int, float)) and time_budget > 0):
             raise ValueError(f"time_budget must be a number of seconds > 0, got {time_budget!r}")
+        if not isinstance(hold_episodes, int) or hold_episodes < 0:
+            raise ValueError(f"hold_episodes must be an integer >= 0, got {hold_episodes!r}")
         register()
         super().__init__(*args, **kwargs)
         if self.is_async and not kwargs.get("config"):
             self.config = str(default_config_path(self.algo))
         self.objective_kind = objective
         self.time_budget = float(time_budget)
+        self.hold_episodes = hold_episodes
         self.target_score = float("nan")
         if objective == "time":
             self.target_score = threshold_for(self.env_name.gym_id) if target_score is None else float(target_score)
@@ -221,7 +226,13 @@ class AsyncExperimentManager(ExperimentManager):
 
         def time_to_target(eval_env: VecEnv, trial: optuna.Trial, **unused: Any) -> TimeToTargetCallback:
             callback = TimeToTargetCallback(
-                eval_env, trial, self.target_score, self.time_budget, n_reports=self.n_evaluations or 1, started=started
+                eval_env,
+                trial,
+                self.target_score,
+                self.time_budget,
+                n_reports=self.n_evaluations or 1,
+                started=started,
+                hold_episodes=self.hold_episodes,
             )
             made.append(callback)
             return callback

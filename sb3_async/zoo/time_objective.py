@@ -10,6 +10,11 @@ picks an asynchronous algorithm: a study scored in steps chose 8 workers on 2 co
   and the workers' start-up count: the user pays them). The trial ends as soon as the mean of its
   last ``window`` training episodes reaches ``target`` (what ``python -m sb3_async.compare`` calls
   the time to threshold), or when ``time_budget`` seconds or rl-zoo3's ``n_timesteps`` run out.
+- **A hit must hold.** After reaching the target the trial trains on for ``hold_episodes`` more
+  episodes (uncounted in its time), and their mean must reach the target too; else the trial is a
+  miss, scored by that mean. Without it, the first Acrobot study's best trial (4.0 s) had found a
+  learning rate that reaches -100 once and then collapses: over 3 seeds it reached the threshold
+  twice and ended both runs at -500.
 - **The value.** rl-zoo3's studies maximize, so a trial that reaches the target is worth minus its
   seconds. One that misses ranks below every one that reaches it, by its training mean at the end
   (rl-zoo3's objective ranks by the last evaluation): ``-time_budget * (1 + shortfall)``, the
@@ -69,6 +74,7 @@ class TimeToTargetCallback(TrialEvalCallback):
     :param n_reports: how many times, evenly over ``time_budget``, the trial reports to the pruner
     :param started: ``time.perf_counter()`` when the clock started (default: when training starts)
     :param window: training episodes averaged
+    :param hold_episodes: episodes after the target was reached whose mean must reach it too (0: none)
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class TimeToTargetCallback(TrialEvalCallback):
         n_reports: int = 1,
         started: float | None = None,
         window: int = 100,
+        hold_episodes: int = 100,
     ) -> None:
         super().__init__(eval_env, trial, eval_freq=0)
         self.target = target
@@ -88,7 +95,10 @@ class TimeToTargetCallback(TrialEvalCallback):
         self.started = started
         self.returns: deque[float] = deque(maxlen=window)
         self.final_mean = -math.inf  # no episode finished yet
-        self.seconds_to_target: float | None = None
+        self.hold_episodes = hold_episodes
+        self.reached_at: float | None = None  # seconds when the mean first reached the target
+        self.since_reached: list[float] = []  # the returns of the episodes after that
+        self.seconds_to_target: float | None = None  # reached_at, once the hit has held
         self.seconds = 0.0
 
     def _init_callback(self) -> None:
@@ -104,10 +114,14 @@ class TimeToTargetCallback(TrialEvalCallback):
         for info in self.locals.get("infos", []):
             if "episode" in info:
                 self.returns.append(float(info["episode"]["r"]))
+                if self.reached_at is not None:
+                    self.since_reached.append(float(info["episode"]["r"]))
+        if self.reached_at is not None:
+            return self._on_step_while_holding()
         mean = self.final_mean = float(np.mean(self.returns)) if self.returns else -math.inf
         if len(self.returns) == self.returns.maxlen and mean >= self.target:
-            self.seconds_to_target = self.seconds
-            return False
+            self.reached_at = self.seconds
+            return self._on_step_while_holding()
         while self.seconds >= (self.eval_idx + 1) * self.report_interval:
             self.eval_idx += 1
             if self.returns:
@@ -116,6 +130,17 @@ class TimeToTargetCallback(TrialEvalCallback):
                     self.is_pruned = True
                     return False
         return self.seconds < self.time_budget
+
+    def _on_step_while_holding(self) -> bool:
+        held = len(self.since_reached) >= self.hold_episodes
+        if not held and self.seconds < self.time_budget:
+            return True
+        # Held (or out of time, judged on the episodes there are): the hit stands if their mean reaches the target.
+        if self.since_reached:
+            self.final_mean = float(np.mean(self.since_reached))
+        if not self.since_reached or self.final_mean >= self.target:
+            self.seconds_to_target = self.reached_at
+        return False
 
     @property
     def value(self) -> float:
@@ -126,6 +151,8 @@ class TimeToTargetCallback(TrialEvalCallback):
         """What the trial records as user attributes."""
         return {
             "seconds_to_target": self.seconds_to_target,
+            "first_reached_at": self.reached_at,
+            "episodes_after_reaching": len(self.since_reached),
             "final_training_mean": self.final_mean if math.isfinite(self.final_mean) else None,
             "seconds": round(self.seconds, 2),
             "training_episodes_in_window": len(self.returns),
