@@ -216,7 +216,7 @@ def test_a_hit_of_the_time_objective_counts_only_if_the_episodes_after_it_hold_t
         return [callback._on_step()]
 
     assert episodes_end(10.0, 99) == [True]  # 99 episodes: not yet a full window
-    assert episodes_end(20.0, 10) == [True]  # the window's mean passes 15: reached, now it must hold
+    assert episodes_end(20.0, 60) == [True]  # the last 100 average 16: reached, and now it must hold
     reached_at = callback.reached_at
     assert reached_at is not None and callback.seconds_to_target is None
     assert episodes_end(returns_after, 99) == [True]
