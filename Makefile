@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint typecheck bench bench-learner bench-ray bench-chaos bench-offpac bench-async-q results results-slow-envs results-minatar clean
+.PHONY: demo test lint typecheck bench bench-learner bench-ray bench-chaos bench-offpac bench-async-q results results-defaults results-slow-envs results-minatar clean
 
 .venv-demo/.done: setup.py
 	$(PYTHON) -m venv .venv-demo
@@ -66,6 +66,12 @@ results: .venv-test/.done
 	.venv-test/bin/python -m sb3_async.compare --env Pendulum-v1 --algos a3c a2c offpac --seeds 5 --timesteps 200000 --out docs/results/Pendulum-v1
 	.venv-test/bin/python -m sb3_async.compare --env CartPole-v1 --algos a3c a3c:update_mode=hogwild --scaling 1 2 --envs-per-worker 4 --seeds 3 --timesteps 200000 --out docs/results/scaling
 	$(MAKE) results-slow-envs
+
+# docs/results.md, "A3C against A2C and PPO": the tool's default contestants (about 25 minutes on 2 cores).
+results-defaults: .venv-test/.done
+	for env in CartPole-v1 Acrobot-v1; do \
+		.venv-test/bin/python -m sb3_async.compare --env $$env --seeds 5 --timesteps 300000 --out docs/results/$$env-defaults || exit 1; \
+	done
 
 # docs/results.md, "Envs with slow, variable steps" (about 45 minutes on 2 cores).
 results-slow-envs: .venv-test/.done
