@@ -238,6 +238,29 @@ def test_the_time_objective_needs_optimize_and_a_target():
         AsyncExperimentManager(argparse.Namespace(), "a3c", "CartPole-v1", "/tmp", objective="seconds")
 
 
+def test_a_trial_normalizes_rewards_with_the_gamma_it_sampled(tmp_path, monkeypatch, no_leaks):
+    # rl-zoo3 alone would give VecNormalize the config's gamma (0.9 here) whatever gamma the trial drew.
+    config = tmp_path / "a3c.yml"
+    config.write_text("CartPole-v1:\n  normalize: true\n  n_envs: 2\n  gamma: 0.9\n  n_timesteps: 500\n  policy: MlpPolicy\n")
+    normalized = []
+    maybe_normalize = AsyncExperimentManager._maybe_normalize
+
+    def recording(self, env, eval_env):
+        env = maybe_normalize(self, env, eval_env)
+        normalized.append(env.gamma)
+        return env
+
+    monkeypatch.setattr(AsyncExperimentManager, "_maybe_normalize", recording)
+    storage = tmp_path / "gamma.log"
+    main(["train", "--algo", "a3c", "--env", "CartPole-v1", "--conf-file", str(config), "-f", str(tmp_path / "logs"),
+          "-optimize", "--n-trials", "1", "--n-evaluations", "1", "--eval-episodes", "1", "--sampler", "random",
+          "--storage", str(storage), "--study-name", "gamma", "--no-optim-plots", "--seed", "0"])  # fmt: skip
+    (trial,) = journal_study(storage, "gamma").trials
+    assert trial.user_attrs["gamma"] != 0.9
+    # rl-zoo3 first builds an env outside any trial (for the action space); the trial's train and eval envs follow.
+    assert normalized == pytest.approx([0.9, trial.user_attrs["gamma"], trial.user_attrs["gamma"]])
+
+
 def test_trial_id_reproduces_the_trial(tmp_path, no_leaks):
     storage = tmp_path / "offpac.log"
     common = ["--algo", "offpac", "--env", "CartPole-v1", "-f", str(tmp_path / "logs"), "--storage", str(storage),

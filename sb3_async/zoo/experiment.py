@@ -14,6 +14,8 @@ else (config files, schedules, VecNormalize, callbacks, Optuna studies, saving) 
 - **A trial whose workers fail** (an env or the loss raising, e.g. on NaN) is pruned, as rl-zoo3
   prunes trials that raise ValueError, instead of ending the study; so is a trial whose score is
   not finite. Workers are stopped at the end of every ``learn()``, so trials do not pile up processes.
+- **A trial's VecNormalize takes the gamma the trial drew**, not the config's, as the entry made
+  from it will.
 - **The wall-clock objective** (``objective="time"``, ``--objective time`` on the command line): a
   trial's value is minus its seconds to ``target_score``, within ``time_budget`` seconds
   (:mod:`sb3_async.zoo.time_objective`); rl-zoo3's objective stays the default.
@@ -154,6 +156,7 @@ class AsyncExperimentManager(ExperimentManager):
         self.time_budget = float(time_budget)
         self.hold_episodes = hold_episodes
         self.target_score = float("nan")
+        self._trial: optuna.Trial | None = None  # the trial being run, while -optimize runs one
         if objective == "time":
             self.target_score = threshold_for(self.env_name.gym_id) if target_score is None else float(target_score)
             if not math.isfinite(self.target_score):
@@ -207,8 +210,15 @@ class AsyncExperimentManager(ExperimentManager):
             print(f"No trial completed (all pruned or failed), so there is no best trial to report: {error}")
 
     def objective(self, trial: optuna.Trial) -> float:
-        if self.objective_kind == "time":
-            return self._time_objective(trial)
+        self._trial = trial
+        try:
+            if self.objective_kind == "time":
+                return self._time_objective(trial)
+            return self._score_objective(trial)
+        finally:
+            self._trial = None
+
+    def _score_objective(self, trial: optuna.Trial) -> float:
         try:
             score = super().objective(trial)
         except WorkerError as error:
@@ -217,6 +227,19 @@ class AsyncExperimentManager(ExperimentManager):
         if not math.isfinite(score):
             raise optuna.TrialPruned(f"the trial's evaluation score is {score}")
         return score
+
+    def _maybe_normalize(self, env: VecEnv, eval_env: bool) -> VecEnv:
+        # rl-zoo3 gives VecNormalize the config's gamma, fixed when it reads the config. A trial that samples
+        # gamma would then be tuned on another reward scale than the entry made from it runs with: use the trial's.
+        trial_gamma = self._trial.user_attrs.get("gamma") if self._trial is not None else None
+        if not (self.is_async and self.normalize and trial_gamma is not None and "gamma" in self.normalize_kwargs):
+            return super()._maybe_normalize(env, eval_env)
+        config_kwargs = self.normalize_kwargs
+        self.normalize_kwargs = {**config_kwargs, "gamma": trial_gamma}
+        try:
+            return super()._maybe_normalize(env, eval_env)
+        finally:
+            self.normalize_kwargs = config_kwargs
 
     def _time_objective(self, trial: optuna.Trial) -> float:
         """rl-zoo3's objective, with :class:`TimeToTargetCallback` where it makes its evaluation callback."""
