@@ -1,8 +1,8 @@
 """``python -m sb3_async.zoo <script> [rl-zoo3 flags]``: rl-zoo3's scripts, with sb3_async's algorithms registered."""
 
 import argparse
-import functools
 import sys
+from typing import Any
 from unittest import mock
 
 import rl_zoo3.train
@@ -40,19 +40,21 @@ def train() -> None:
     ours, rest = parser.parse_known_args(sys.argv[1:])
     if "-h" in rest or "--help" in rest:
         parser.print_help()  # then rl-zoo3's own help, which ends the process
-    elif ours.objective == "time" and not {"-optimize", "--optimize-hyperparameters"} & set(rest):
-        parser.error("--objective time is what -optimize maximizes: add -optimize")
-    elif ours.time_budget <= 0:
-        parser.error(f"--time-budget must be > 0 seconds, got {ours.time_budget}")
-    elif ours.hold_episodes < 0:
-        parser.error(f"--hold-episodes must be >= 0, got {ours.hold_episodes}")
-    manager = functools.partial(
-        AsyncExperimentManager,
-        objective=ours.objective,
-        target_score=ours.target_score,
-        time_budget=ours.time_budget,
-        hold_episodes=ours.hold_episodes,
-    )
+
+    def manager(*args: Any, **kwargs: Any) -> AsyncExperimentManager:
+        # The manager checks its settings; on the command line a bad one is a usage error, not a traceback.
+        try:
+            return AsyncExperimentManager(
+                *args,
+                objective=ours.objective,
+                target_score=ours.target_score,
+                time_budget=ours.time_budget,
+                hold_episodes=ours.hold_episodes,
+                **kwargs,
+            )
+        except ValueError as error:
+            parser.error(str(error))
+
     # rl-zoo3's train() builds its ExperimentManager by name; ours only adds to it.
     with mock.patch.object(rl_zoo3.train, "ExperimentManager", manager), mock.patch.object(sys, "argv", [sys.argv[0], *rest]):
         rl_zoo3.train.train()

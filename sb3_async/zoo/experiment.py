@@ -158,6 +158,8 @@ class AsyncExperimentManager(ExperimentManager):
         self.target_score = float("nan")
         self._trial: optuna.Trial | None = None  # the trial being run, while -optimize runs one
         if objective == "time":
+            if not self.optimize_hyperparameters:
+                raise ValueError("the time objective is what -optimize maximizes: add -optimize")
             self.target_score = threshold_for(self.env_name.gym_id) if target_score is None else float(target_score)
             if not math.isfinite(self.target_score):
                 raise ValueError(f"{self.env_name.gym_id} has no reward threshold: give the time objective a target_score")

@@ -113,9 +113,10 @@ class TimeToTargetCallback(TrialEvalCallback):
         self.seconds = time.perf_counter() - self.started
         for info in self.locals.get("infos", []):
             if "episode" in info:
-                self.returns.append(float(info["episode"]["r"]))
+                episode_return = float(info["episode"]["r"])
+                self.returns.append(episode_return)
                 if self.reached_at is not None:
-                    self.since_reached.append(float(info["episode"]["r"]))
+                    self.since_reached.append(episode_return)
         if self.reached_at is not None:
             return self._on_step_while_holding()
         mean = self.final_mean = float(np.mean(self.returns)) if self.returns else -math.inf
