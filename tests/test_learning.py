@@ -237,7 +237,7 @@ def test_a3c_swings_up_pendulum(no_leaks):
     )
     # A random policy scores about -1205; -400 over 10 episodes means the pendulum is swung up and
     # held in most of them. 16 trial runs first reached it after 120k-200k steps (and went on to
-    # -100 to -250); one CI run had not passed -950 by 200k. EvalCallback syncs the VecNormalize
+    # -100 to -250); one CI run had not passed -950 by 200k. EvaluateUntil syncs the VecNormalize
     # statistics into the eval env.
     eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=100), training=False, norm_reward=False)
     assert_training_reaches(
