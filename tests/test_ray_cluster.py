@@ -92,16 +92,26 @@ def test_workers_run_on_both_nodes_of_a_two_node_cluster(temp_dir, monkeypatch):
 
 
 class RemoveNodeAt(BaseCallback):
-    """Takes the node away (its raylet and every process on it killed) at the ``at_call``-th step."""
+    """
+    Takes the node away (its raylet and every process on it killed) at the ``at_call``-th step. With
+    ``until_rebuilt_and``, ends training once worker 1 runs on another node and that many steps are done.
+    """
 
-    def __init__(self, cluster, node, at_call: int):
+    def __init__(self, cluster, node, at_call: int, until_rebuilt_and: int | None = None):
         super().__init__()
-        self.cluster, self.node, self.at_call = cluster, node, at_call
+        self.cluster, self.node, self.at_call, self.until_rebuilt_and = cluster, node, at_call, until_rebuilt_and
+
+    def _on_training_start(self) -> None:
+        self.collector = self.locals["collector"]
 
     def _on_step(self) -> bool:
         if self.n_calls == self.at_call:
             self.cluster.remove_node(self.node, allow_graceful=False)
-        return True
+        if self.until_rebuilt_and is None or self.n_calls <= self.at_call:
+            return True
+        # (None, 0) while the replacement builds, and the learner does not wait for it.
+        rebuilt = self.collector.worker_locations[1][0] not in (None, self.node.node_id)
+        return not (rebuilt and self.num_timesteps >= self.until_rebuilt_and)
 
 
 def test_a_worker_whose_node_dies_is_rebuilt_on_a_live_node(temp_dir, monkeypatch):
@@ -124,8 +134,9 @@ def test_a_worker_whose_node_dies_is_rebuilt_on_a_live_node(temp_dir, monkeypatc
             "MlpPolicy", "CartPole-v1", n_workers=2, n_steps=5, seed=0, device="cpu",
             backend="ray", ray_actor_options=options, max_worker_restarts=3,
         )  # fmt: skip
-        model.learn(4_000, callback=[where, RemoveNodeAt(cluster, doomed, at_call=100)])
-        assert model.num_timesteps >= 4_000
+        # The other worker goes on while Ray builds the replacement (it is not waited for): train until it runs.
+        model.learn(1_000_000, callback=[where, RemoveNodeAt(cluster, doomed, at_call=100, until_rebuilt_and=4_000)])
+        assert 4_000 <= model.num_timesteps < 1_000_000
         # Once for the lost actor; again if its first replacement went to the node before Ray knew it dead.
         assert 1 <= model.worker_restarts <= 3
         assert (doomed.node_id, where.first_locations[1][1]) == where.first_locations[1]
