@@ -5,8 +5,18 @@ from sb3_async.async_q import AsyncQLearning
 from sb3_async.async_sarsa import AsyncSARSA
 from sb3_async.common.async_algorithm import NonFiniteTrainingError
 from sb3_async.common.collectors import WorkerError
+from sb3_async.impala import IMPALA
 from sb3_async.offpac import OffPolicyAC
 
 __version__ = "0.1.0"
 
-__all__ = ["A3C", "AsyncQLearning", "AsyncSARSA", "NonFiniteTrainingError", "OffPolicyAC", "WorkerError", "__version__"]
+__all__ = [
+    "A3C",
+    "IMPALA",
+    "AsyncQLearning",
+    "AsyncSARSA",
+    "NonFiniteTrainingError",
+    "OffPolicyAC",
+    "WorkerError",
+    "__version__",
+]

@@ -17,7 +17,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from sb3_async import A3C, AsyncQLearning, AsyncSARSA, NonFiniteTrainingError, OffPolicyAC, WorkerError
+from sb3_async import A3C, IMPALA, AsyncQLearning, AsyncSARSA, NonFiniteTrainingError, OffPolicyAC, WorkerError
 from sb3_async.common.collectors import LocalCollector
 from tests.conftest import RecordingOutput, forkserver_children
 from tests.envs import BrokenFromEnv, HangingEnv, NaNRewardEnv, RaisingEnv, ThreeActionCartPole
@@ -29,6 +29,8 @@ ALGORITHMS = {
     # Segments of 5 steps, as the others'.
     "async_q": functools.partial(AsyncQLearning, "MlpPolicy", train_freq=5, **FAST),
     "async_sarsa": functools.partial(AsyncSARSA, "MlpPolicy", train_freq=5, **FAST),
+    # Actors hand over trajectories, not gradients; with batch_size=1 each one is an update, as a gradient is.
+    "impala": functools.partial(IMPALA, "MlpPolicy", batch_size=1, **FAST),
     # Workers that apply their own gradients fail, and are stopped, the same way.
     "a3c_hogwild": functools.partial(A3C, "MlpPolicy", update_mode="hogwild", **FAST),
     "offpac_hogwild": functools.partial(

@@ -14,7 +14,7 @@ import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 
-from sb3_async import A3C, AsyncQLearning, OffPolicyAC, WorkerError
+from sb3_async import A3C, IMPALA, AsyncQLearning, OffPolicyAC, WorkerError
 from sb3_async.common.collectors import ray_backend
 from tests.conftest import RecordingOutput
 from tests.envs import HangingEnv, RaisingEnv
@@ -81,8 +81,10 @@ def test_a3c_solves_cartpole_with_two_ray_actors():
         lambda: AsyncQLearning("MlpPolicy", "CartPole-v1", train_freq=5, target_update_interval=100, **FAST),
         # The recurrent worker keeps its LSTM states inside the actor, from one segment to the next.
         lambda: A3C("MlpLstmPolicy", "CartPole-v1", **FAST),
+        # Trajectories, not gradients, travel through the object store; the learner updates on each one (batch_size=1).
+        lambda: IMPALA("MlpPolicy", "CartPole-v1", batch_size=1, **FAST),
     ],
-    ids=["offpac", "async_q", "a3c_lstm"],
+    ids=["offpac", "async_q", "a3c_lstm", "impala"],
 )
 def test_the_other_algorithms_and_recurrent_a3c_train_on_ray(make_model):
     model = make_model()

@@ -13,13 +13,21 @@ import pytest
 import yaml
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
+from sb3_async import A3C, IMPALA, AsyncQLearning, AsyncSARSA, OffPolicyAC
 from sb3_async.zoo import AsyncExperimentManager, main
 from sb3_async.zoo.experiment import config_kwargs, default_config_path, split_envs
+from sb3_async.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
 from sb3_async.zoo.time_objective import TimeToTargetCallback
 from tests.conftest import forkserver_children
 
-ALGO_CLASSES = {"a3c": A3C, "a3c_lstm": A3C, "offpac": OffPolicyAC, "async_q": AsyncQLearning, "async_sarsa": AsyncSARSA}
+ALGO_CLASSES = {
+    "a3c": A3C,
+    "a3c_lstm": A3C,
+    "offpac": OffPolicyAC,
+    "impala": IMPALA,
+    "async_q": AsyncQLearning,
+    "async_sarsa": AsyncSARSA,
+}
 MINATAR_GAMES = {f"MinAtar/{game}-v1" for game in ("Breakout", "SpaceInvaders", "Freeway", "Asterix", "Seaquest")}
 # The env each config entry is built for: its own id, an Atari game for "atari", any other env for "default".
 ENTRY_ENV = {"atari": "PongNoFrameskip-v4", "default": "MountainCar-v0"}
@@ -43,6 +51,7 @@ def test_every_required_env_has_an_entry_in_every_config():
         # The recurrent agent's entries: partially observed tasks and pixels.
         "a3c_lstm": {"default", "atari", "CartPoleNoVel-v1"} | MINATAR_GAMES,
         "offpac": discrete | {"Pendulum-v1", "MountainCarContinuous-v0"},
+        "impala": {"CartPole-v1", "Acrobot-v1", "LunarLander-v3"} | MINATAR_GAMES,
         # The Q-learning methods act in Discrete spaces only.
         "async_q": discrete,
         "async_sarsa": discrete,
@@ -142,6 +151,21 @@ def test_optimize_records_two_trials_and_leaves_no_process_behind(algo, sampled,
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(np.isfinite(trial.value) and trial.value > 0 for trial in trials)
     assert sampled <= set(trials[0].params)
+
+
+@pytest.mark.parametrize("objective", ["reward", "time"])
+def test_the_impala_sampler_gives_arguments_impala_takes(objective):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        trial.set_user_attr("objective", objective)
+        kwargs = SAMPLERS["impala"](trial, n_actions=2, n_envs=8, additional_args={})
+        assert "update_mode" not in kwargs and "update_mode" not in trial.params  # its learner applies every update
+        assert {"batch_size", "n_steps", "learning_rate", "c_bar"} <= set(kwargs)
+        assert CONVERTERS["impala"](trial.params) | {"envs_per_worker": kwargs["envs_per_worker"]} == kwargs
+        if objective == "reward":
+            model = IMPALA("MlpPolicy", "CartPole-v1", device="cpu", **kwargs)
+            assert model.n_workers * model.envs_per_worker == 8
 
 
 def test_a_trial_whose_worker_crashes_is_pruned_and_the_study_goes_on(tmp_path, capsys, no_leaks):

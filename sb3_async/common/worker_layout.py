@@ -192,13 +192,13 @@ def _probe_main(spec_bytes: bytes, n_params: int, seconds_each: float, sender: C
         costs = []
         for spec in cloudpickle.loads(spec_bytes):
             core = WorkerCore(0, spec, n_params)
-            gradient = th.zeros(n_params)
+            gradient = th.zeros(spec.slot_size(n_params))  # or an actor's trajectory
             try:
                 core.run_segment()  # the first one pays for resets and lazy initialisation
                 n_gradients, env_steps, started, cpu_started = 0, 0, time.perf_counter(), time.process_time()
                 while n_gradients < 3 or time.perf_counter() - started < seconds_each:
                     env_steps += core.run_segment().n_env_steps
-                    core.write_gradient(gradient)
+                    core.write_handover(gradient)
                     n_gradients += 1
                 wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
             finally:

@@ -117,13 +117,15 @@ def off_policy_ac_loss(
     ent_coef: float,
     vf_coef: float,
     trace_lambda: float = 1.0,
+    stats_section: str = "offpac",
 ) -> tuple[th.Tensor, dict[str, float]]:
     """
     The loss whose gradient is the V-trace actor-critic update, averaged over the segment::
 
         L = -pg_advantage log pi(a|s)  +  vf_coef * 1/2 (v - V(s))^2  -  ent_coef * H(pi(.|s))
 
-    (the 1/2 makes the critic's step ``vf_coef * rho * delta * grad V`` exactly, as in Off-PAC).
+    (the 1/2 makes the critic's step ``vf_coef * rho * delta * grad V`` exactly, as in Off-PAC, and
+    is IMPALA's baseline loss). The importance weights' statistics are logged under ``stats_section``.
     """
     n_steps, n_envs = segment.rewards.shape
     observations = segment.observations
@@ -164,10 +166,10 @@ def off_policy_ac_loss(
         "policy_loss": policy_loss.item(),
         "value_loss": value_loss.item(),
         "entropy_loss": entropy_loss.item(),
-        "offpac/rho_mean": rhos.mean().item(),
-        "offpac/rho_clipped_fraction": (rhos > rho_bar).float().mean().item(),
-        "offpac/effective_sample_size": effective_sample_size(rhos).item(),
-        "offpac/behaviour_kl": behaviour_kl(log_rhos).item(),
+        f"{stats_section}/rho_mean": rhos.mean().item(),
+        f"{stats_section}/rho_clipped_fraction": (rhos > rho_bar).float().mean().item(),
+        f"{stats_section}/effective_sample_size": effective_sample_size(rhos).item(),
+        f"{stats_section}/behaviour_kl": behaviour_kl(log_rhos).item(),
     }
     if hasattr(policy, "log_std"):
         stats["std"] = th.exp(policy.log_std).mean().item()

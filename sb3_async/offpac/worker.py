@@ -115,9 +115,93 @@ def _map_observations(function: Any, observations: Any, *others: Any) -> Any:
     return function(observations, *others)
 
 
+class BehaviorRollout:
+    """
+    Acts ``n_steps`` in a VecEnv with a behaviour policy b and records each step's ``log b(a|s)``:
+    the experience V-trace learns from (OffPolicyAC's workers, IMPALA's actors). Consecutive
+    segments share a row: one's last observation is the next one's first, so no step is lost.
+    A time limit's cut is bootstrapped into its reward with ``gamma * V(s_T)``, as SB3's A2C does.
+
+    :param env: the worker's envs
+    :param policy: the worker's local copy of the target policy
+    :param behavior: the behaviour policy b
+    :param n_steps: steps per segment in each env
+    :param gamma: the discount, for the time-limit bootstraps
+    :param use_sde: whether the policy uses gSDE
+    :param sde_sample_freq: gSDE's noise resampling period in steps (-1: once per segment)
+    """
+
+    def __init__(
+        self,
+        env: VecEnv,
+        policy: ActorCriticPolicy,
+        behavior: BehaviorPolicy,
+        n_steps: int,
+        gamma: float,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+    ) -> None:
+        self.env = env
+        self.policy = policy
+        self.behavior = behavior
+        self.n_steps = n_steps
+        self.gamma = gamma
+        self.use_sde = use_sde
+        self.sde_sample_freq = sde_sample_freq
+        self._last_obs = as_observations(env.reset())
+        # What the learner's callbacks see of each step.
+        self.step_log = StepLog(n_steps)
+        # set_training_mode walks every module: worth it only where one depends on the mode.
+        self.mode_matters = mode_dependent_module(policy) is not None
+
+    def run(self) -> OffPolicyTrajectories:
+        """Act one segment; return it time-first, ``[n_steps (+ 1 for observations), n_envs, ...]``."""
+        env, policy = self.env, self.policy
+        if self.mode_matters:
+            policy.set_training_mode(False)
+        observations, actions, rewards, dones, behavior_log_probs = [self._last_obs], [], [], [], []
+        for step in range(self.n_steps):
+            # gSDE, as SB3 samples it: a new noise matrix per segment, or every sde_sample_freq steps.
+            if self.use_sde and (step == 0 or (self.sde_sample_freq > 0 and step % self.sde_sample_freq == 0)):
+                policy.reset_noise(env.num_envs)
+            step_actions, step_log_probs = self.behavior.act(self._last_obs, policy)
+            env_actions = actions_for_env(step_actions, env.action_space, policy)
+            step_obs, step_rewards, step_dones, infos = env.step(env_actions)
+            new_obs = as_observations(step_obs)
+            # What OffPolicyAlgorithm.collect_rollouts hands its callbacks: actions as given to the env.
+            self.step_log.add(
+                actions=env_actions,
+                buffer_actions=step_actions,
+                new_obs=new_obs,
+                rewards=step_rewards,
+                dones=step_dones,
+                infos=infos,
+            )
+            bootstrap_truncations(infos, step_dones, step_rewards, policy, self.gamma)
+            actions.append(step_actions)
+            rewards.append(step_rewards)
+            dones.append(step_dones)
+            behavior_log_probs.append(step_log_probs)
+            observations.append(new_obs)
+            self._last_obs = new_obs
+        if self.mode_matters:
+            policy.set_training_mode(True)
+
+        def stack(rows: list) -> th.Tensor:
+            return th.as_tensor(np.stack(rows))
+
+        return OffPolicyTrajectories(
+            observations=_map_observations(lambda *rows: stack(list(rows)), *observations),
+            actions=stack(actions),
+            rewards=stack(rewards).float(),
+            dones=stack(dones).float(),
+            behavior_log_probs=stack(behavior_log_probs).float(),
+        )
+
+
 class OffPACWorker(WorkerLogic):
     """
-    Acts with the behaviour policy, keeps a :class:`SegmentMemory`, and returns the V-trace
+    Acts with the behaviour policy (a :class:`BehaviorRollout`), keeps a :class:`SegmentMemory`, and returns the V-trace
     off-policy actor-critic loss (:func:`~sb3_async.offpac.loss.off_policy_ac_loss`) of either a
     fresh segment or replayed ones (see the module docstring for which).
     """
@@ -145,14 +229,10 @@ class OffPACWorker(WorkerLogic):
         sde_sample_freq: int = -1,
     ) -> None:
         super().__init__(env, policy, worker_id)
-        self.behavior = behavior
         self.n_steps = n_steps
-        self.loss_kwargs = dict(
+        self.loss_kwargs: dict[str, Any] = dict(
             gamma=gamma, rho_bar=rho_bar, c_bar=c_bar, trace_lambda=trace_lambda, ent_coef=ent_coef, vf_coef=vf_coef
         )
-        self.use_sde = use_sde
-        self.sde_sample_freq = sde_sample_freq
-        self.gamma = gamma
         self.replay_ratio = replay_ratio
         self.replay_starts = replay_starts
         self.replay_trajectories = replay_trajectories
@@ -161,13 +241,10 @@ class OffPACWorker(WorkerLogic):
         )
         self._replay_credit = 0.0
         self._rng = np.random.default_rng(np.random.randint(2**31))
-        self._last_obs = as_observations(env.reset())
-        self.step_log = StepLog(n_steps)
-        # set_training_mode walks every module: worth it only where one depends on the mode.
-        self._mode_matters = mode_dependent_module(policy) is not None
+        self.rollout = BehaviorRollout(env, policy, behavior, n_steps, gamma, use_sde, sde_sample_freq)
 
     def compute_loss(self) -> tuple[th.Tensor, SegmentResult]:
-        if self._mode_matters:
+        if self.rollout.mode_matters:
             self.policy.set_training_mode(True)
         if self.memory is not None and self._replay_credit >= 1.0 and self.memory.n_transitions >= self.replay_starts:
             self._replay_credit -= 1.0
@@ -175,55 +252,12 @@ class OffPACWorker(WorkerLogic):
             loss, stats = off_policy_ac_loss(self.policy, replayed, **self.loss_kwargs)
             return loss, SegmentResult(n_env_steps=0, stats={**stats, "offpac/replay_fraction": 1.0})
 
-        fresh = self._act_one_segment()
+        fresh = self.rollout.run()
         # A non-finite reward makes this gradient one the learner drops; replaying it would only repeat that.
         if self.memory is not None and th.isfinite(fresh.rewards).all():
             self.memory.add(fresh)
             self._replay_credit += self.replay_ratio
         loss, stats = off_policy_ac_loss(self.policy, fresh, **self.loss_kwargs)
         stats["offpac/replay_fraction"] = 0.0
-        return loss, SegmentResult(n_env_steps=self.n_steps * self.env.num_envs, steps=self.step_log.pop(), stats=stats)
-
-    def _act_one_segment(self) -> OffPolicyTrajectories:
-        env, policy = self.env, self.policy
-        if self._mode_matters:
-            policy.set_training_mode(False)
-        observations, actions, rewards, dones, behavior_log_probs = [self._last_obs], [], [], [], []
-        for step in range(self.n_steps):
-            # gSDE, as SB3 samples it: a new noise matrix per segment, or every sde_sample_freq steps.
-            if self.use_sde and (step == 0 or (self.sde_sample_freq > 0 and step % self.sde_sample_freq == 0)):
-                policy.reset_noise(env.num_envs)
-            step_actions, step_log_probs = self.behavior.act(self._last_obs, policy)
-            env_actions = actions_for_env(step_actions, env.action_space, policy)
-            step_obs, step_rewards, step_dones, infos = env.step(env_actions)
-            new_obs = as_observations(step_obs)
-            # What OffPolicyAlgorithm.collect_rollouts hands its callbacks: actions as given to the env.
-            self.step_log.add(
-                actions=env_actions,
-                buffer_actions=step_actions,
-                new_obs=new_obs,
-                rewards=step_rewards,
-                dones=step_dones,
-                infos=infos,
-            )
-            bootstrap_truncations(infos, step_dones, step_rewards, policy, self.gamma)
-            actions.append(step_actions)
-            rewards.append(step_rewards)
-            dones.append(step_dones)
-            behavior_log_probs.append(step_log_probs)
-            observations.append(new_obs)
-            self._last_obs = new_obs
-        if self._mode_matters:
-            policy.set_training_mode(True)
-
-        def stack(rows: list) -> th.Tensor:
-            return th.as_tensor(np.stack(rows))
-
-        segment = OffPolicyTrajectories(
-            observations=_map_observations(lambda *rows: stack(list(rows)), *observations),
-            actions=stack(actions),
-            rewards=stack(rewards).float(),
-            dones=stack(dones).float(),
-            behavior_log_probs=stack(behavior_log_probs).float(),
-        )
-        return segment
+        n_env_steps = self.n_steps * self.env.num_envs
+        return loss, SegmentResult(n_env_steps=n_env_steps, steps=self.rollout.step_log.pop(), stats=stats)

@@ -38,7 +38,7 @@ from rl_zoo3.utils import ALGOS
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_async import A3C, AsyncQLearning, AsyncSARSA, OffPolicyAC
+from sb3_async import A3C, IMPALA, AsyncQLearning, AsyncSARSA, OffPolicyAC
 from sb3_async.common.async_algorithm import default_n_workers
 from sb3_async.common.collectors import WorkerError
 from sb3_async.common.torch_layers import MinAtarCNN
@@ -52,6 +52,7 @@ ASYNC_ALGOS: dict[str, type[BaseAlgorithm]] = {
     "a3c": A3C,
     "a3c_lstm": A3C,
     "offpac": OffPolicyAC,
+    "impala": IMPALA,
     "async_q": AsyncQLearning,
     "async_sarsa": AsyncSARSA,
 }
@@ -59,7 +60,7 @@ ASYNC_ALGOS: dict[str, type[BaseAlgorithm]] = {
 
 def register() -> None:
     """
-    Add ``a3c``, ``a3c_lstm``, ``offpac``, ``async_q`` and ``async_sarsa`` to rl-zoo3's algorithm, sampler
+    Add ``a3c``, ``a3c_lstm``, ``offpac``, ``impala``, ``async_q`` and ``async_sarsa`` to rl-zoo3's algorithm, sampler
     and converter tables, and register MinAtar's env ids if it is installed. rl-zoo3 has no plugin entry
     point; its scripts read these tables when they build their parsers, so this must run before them
     (``sb3_async.zoo.main`` and :class:`AsyncExperimentManager` do it).

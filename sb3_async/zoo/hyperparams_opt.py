@@ -36,10 +36,14 @@ TIME_LAYOUT_CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _sample_layout(trial: optuna.Trial, n_envs: int) -> dict[str, Any]:
-    """The workers' layout: ``n_workers`` sharing ``n_envs``; or, for the wall-clock objective, any layout."""
+def _sample_layout(trial: optuna.Trial, n_envs: int, update_modes: bool = True) -> dict[str, Any]:
+    """
+    The workers' layout: ``n_workers`` sharing ``n_envs``; or, for the wall-clock objective, any layout
+    (and who applies the updates, for an algorithm with ``update_modes``).
+    """
     if trial.user_attrs.get("objective") == "time":
-        return {key: trial.suggest_categorical(key, choices) for key, choices in TIME_LAYOUT_CHOICES.items()}
+        searched = {key: choices for key, choices in TIME_LAYOUT_CHOICES.items() if update_modes or key != "update_mode"}
+        return {key: trial.suggest_categorical(key, choices) for key, choices in searched.items()}
     return {"n_workers": trial.suggest_categorical("n_workers", [n for n in N_WORKERS_CHOICES if n_envs % n == 0])}
 
 
@@ -50,8 +54,8 @@ def _with_envs_per_worker(hyperparams: dict[str, Any], n_envs: int) -> dict[str,
     return {**hyperparams, "envs_per_worker": n_envs // hyperparams["n_workers"]}
 
 
-def _sample_common(trial: optuna.Trial, n_envs: int, n_steps_choices: list[int]) -> dict[str, Any]:
-    """What A3C and OffPolicyAC share: the actor-critic loss weights, optimisation and network."""
+def _sample_common(trial: optuna.Trial, n_envs: int, n_steps_choices: list[int], update_modes: bool = True) -> dict[str, Any]:
+    """What A3C, OffPolicyAC and IMPALA share: the actor-critic loss weights, optimisation and network."""
     return {
         "n_steps": trial.suggest_categorical("n_steps", n_steps_choices),
         "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
@@ -61,7 +65,7 @@ def _sample_common(trial: optuna.Trial, n_envs: int, n_steps_choices: list[int])
         "max_grad_norm": trial.suggest_float("max_grad_norm", 0.3, 5.0, log=True),
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCH)),
         "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATION_FN)),
-        **_sample_layout(trial, n_envs),
+        **_sample_layout(trial, n_envs, update_modes),
     }
 
 
@@ -134,6 +138,23 @@ def sample_offpac_params(trial: optuna.Trial, n_actions: int, n_envs: int, addit
     return _with_envs_per_worker(convert_offpac_params(params), n_envs)
 
 
+def convert_impala_params(params: dict[str, Any]) -> dict[str, Any]:
+    """IMPALA keyword arguments from a trial's ``params``."""
+    return _convert_common(params)
+
+
+def sample_impala_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    Sampler for IMPALA: the shared ones (the unroll length as ``n_steps``; its learner applies every
+    update, so no ``update_mode``), plus the batch of trajectories per update and the traces' truncation.
+    """
+    params = _sample_common(trial, n_envs, [5, 10, 20, 50], update_modes=False)
+    params["batch_size"] = trial.suggest_categorical("batch_size", [1, 2, 4, 8, 16, 32])
+    params["c_bar"] = trial.suggest_categorical("c_bar", [0.5, 1.0])
+    trial.set_user_attr("gamma", 1 - params["one_minus_gamma"])
+    return _with_envs_per_worker(convert_impala_params(params), n_envs)
+
+
 def convert_async_q_params(params: dict[str, Any]) -> dict[str, Any]:
     """AsyncQLearning / AsyncSARSA keyword arguments from a trial's ``params``."""
     hyperparams = dict(params)
@@ -170,6 +191,7 @@ SAMPLERS = {
     "a3c": sample_a3c_params,
     "a3c_lstm": sample_a3c_lstm_params,
     "offpac": sample_offpac_params,
+    "impala": sample_impala_params,
     "async_q": sample_async_q_params,
     "async_sarsa": sample_async_q_params,
 }
@@ -177,6 +199,7 @@ CONVERTERS = {
     "a3c": convert_a3c_params,
     "a3c_lstm": convert_a3c_lstm_params,
     "offpac": convert_offpac_params,
+    "impala": convert_impala_params,
     "async_q": convert_async_q_params,
     "async_sarsa": convert_async_q_params,
 }

@@ -20,6 +20,7 @@ The learner loop that drives a collector is :class:`sb3_async.common.async_algor
 
 from sb3_async.common.collectors.base import (
     SLOTS_PER_WORKER,
+    ActorLogic,
     GradientCollector,
     GradientReport,
     SegmentResult,
@@ -43,6 +44,7 @@ Segment = SegmentResult
 __all__ = [
     "BACKENDS",
     "SLOTS_PER_WORKER",
+    "ActorLogic",
     "GradientCollector",
     "GradientReport",
     "LocalCollector",

@@ -5,7 +5,10 @@ worker (:class:`WorkerCore`), and the learner's side of the transport (:class:`G
 
 A backend only moves things: parameters out to the workers, gradients (and policy-buffer changes,
 VecNormalize statistics, env steps for the callbacks) back, "go" messages out again. How one
-segment becomes a gradient is the same everywhere (:meth:`WorkerCore.compute_gradient`).
+segment becomes a gradient is the same everywhere (:meth:`WorkerCore.run_segment`).
+
+A worker whose logic is an :class:`ActorLogic` (IMPALA's actors) hands over its segment itself,
+flat, in the slot a gradient would take: the learner computes the loss.
 """
 
 import signal
@@ -71,6 +74,28 @@ class WorkerLogic(ABC):
         """Run one segment with the freshly synced policy; return its loss and what it saw."""
 
 
+class ActorLogic(ABC):
+    """
+    The algorithm-specific half of an actor (IMPALA): a worker that only acts. Given envs and a
+    policy that the collector keeps in sync with the learner, it runs one segment and writes it,
+    flat, into the slot where a :class:`WorkerLogic`'s gradient would go; the learner computes the loss.
+
+    :param env: the worker's own envs
+    :param policy: the worker's local copy of the policy
+    :param worker_id: index of this worker, from 0
+    """
+
+    def __init__(self, env: VecEnv, policy: BasePolicy, worker_id: int) -> None:
+        self.env = env
+        self.policy = policy
+        self.worker_id = worker_id
+        self.progress_remaining = 1.0
+
+    @abstractmethod
+    def act(self, out: th.Tensor) -> SegmentResult:
+        """Run one segment with the freshly synced policy, write it into ``out`` (flat), and return what it saw."""
+
+
 @dataclass
 class WorkerSpec:
     """Everything a worker needs to build itself; cloudpickled once, at start."""
@@ -80,7 +105,7 @@ class WorkerSpec:
     policy_kwargs: dict[str, Any]
     observation_space: spaces.Space
     action_space: spaces.Space
-    logic_class: type[WorkerLogic]
+    logic_class: type[WorkerLogic] | type[ActorLogic]
     logic_kwargs: dict[str, Any]
     normalization: NormalizationStatistics | None = None
     seed: int | None = None
@@ -89,6 +114,13 @@ class WorkerSpec:
     wait_for_own_update: bool = True
     # Set for update_mode="locked" or "hogwild": the worker applies its own gradients (see sb3_async.common.worker_updates).
     worker_updates: WorkerUpdateSettings | None = None
+    # Set when ``logic_class`` is an ActorLogic: the length of the flat segment it hands over, which a slot then
+    # holds instead of a gradient.
+    trajectory_size: int | None = None
+
+    def slot_size(self, n_params: int) -> int:
+        """Values in each of a worker's slots: its trajectory's, or one per parameter for a gradient."""
+        return n_params if self.trajectory_size is None else self.trajectory_size
 
     def build_policy(self) -> BasePolicy:
         # The local copy never steps an optimizer, so its learning rate does not matter.
@@ -307,6 +339,8 @@ class WorkerCore:
         self.buffers = list(self.policy.buffers())
         self.buffers_at_start = th.zeros(0, dtype=th.float64)
         self.logic = spec.logic_class(self.env, self.policy, worker_id, **spec.logic_kwargs)
+        # An actor's last segment, flat (ActorLogic); empty for a worker that hands over gradients.
+        self.trajectory = th.zeros(spec.trajectory_size or 0)
         self.steps_per_env = 0  # env steps each of its envs has taken, in the segments reported so far
         self._last_bad_observation: tuple[int, int, float] | None = None  # the last fresh segment's, if it had one
 
@@ -323,9 +357,16 @@ class WorkerCore:
             vector_to_buffers(self.buffers_at_start, self.buffers)
 
     def run_segment(self) -> SegmentResult:
-        """Run one segment and backpropagate its loss into the local policy's ``.grad``."""
+        """
+        Run one segment and backpropagate its loss into the local policy's ``.grad``; an actor's
+        (:class:`ActorLogic`) writes the segment into :attr:`trajectory` instead.
+        """
+        loss: th.Tensor | None = None
         try:
-            loss, segment = self.logic.compute_loss()
+            if isinstance(self.logic, ActorLogic):
+                segment = self.logic.act(self.trajectory)
+            else:
+                loss, segment = self.logic.compute_loss()
         except Exception as error:
             # The first of the last fresh segment's, or of this one's: where the env began to return them.
             bad_observation = self._last_bad_observation or take_non_finite_observation(self.env)
@@ -335,8 +376,9 @@ class WorkerCore:
                 f"the policy failed on an observation that is not finite; the first was "
                 f"{self._describe_non_finite('observation', *bad_observation)}"
             ) from error
-        self.local_gradient.zero_()
-        loss.backward()
+        if loss is not None:
+            self.local_gradient.zero_()
+            loss.backward()
         # What the learner names if it drops this gradient: an observation as the VecEnv saw it (an episode's
         # last one included), else a reward or value estimate as the step log holds it, else the loss itself.
         bad_observation = take_non_finite_observation(self.env)
@@ -348,7 +390,7 @@ class WorkerCore:
         elif in_step_log is not None:
             what, env, step_in_segment, value = in_step_log
             segment.non_finite = self._describe_non_finite(what, env, self.steps_per_env + step_in_segment, value)
-        elif not th.isfinite(loss):
+        elif loss is not None and not th.isfinite(loss):
             segment.non_finite = (
                 f"a loss of {loss.item()} in worker {self.worker_id} from finite rewards and observations "
                 f"(the network or the hyperparameters)"
@@ -365,6 +407,10 @@ class WorkerCore:
 
     def write_gradient(self, out: th.Tensor) -> None:
         out.copy_(self.local_gradient)
+
+    def write_handover(self, out: th.Tensor) -> None:
+        """What the learner takes from this worker's slot: the last segment's gradient, or an actor's trajectory."""
+        out.copy_(self.local_gradient if self.trajectory.numel() == 0 else self.trajectory)
 
     def write_buffer_change(self, out: th.Tensor) -> None:
         """How the segment changed the policy buffers (e.g. BatchNorm statistics)."""
@@ -408,6 +454,10 @@ class GradientCollector(ABC):
     @abstractmethod
     def gradient(self, report: GradientReport) -> th.Tensor:
         """The report's flat gradient, valid until its worker is sent its next go."""
+
+    def trajectory(self, report: GradientReport) -> th.Tensor:
+        """An actor's report (:class:`ActorLogic`): its flat trajectory, in the slot a gradient would take."""
+        return self.gradient(report)
 
     @abstractmethod
     def buffer_change(self, report: GradientReport) -> th.Tensor:

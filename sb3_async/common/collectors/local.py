@@ -107,7 +107,8 @@ _STOP = None
 class _SharedMemory:
     params: th.Tensor  # flat global parameters, written only by the learner
     params_version: th.Tensor  # int64[1]: number of updates applied so far
-    gradients: th.Tensor  # [n_workers, SLOTS_PER_WORKER, n_params]: row k written only by worker k
+    # [n_workers, SLOTS_PER_WORKER, n_params]: row k written only by worker k (an actor's: trajectories, spec.slot_size)
+    gradients: th.Tensor
     lock: Any  # so that no worker copies half-written parameters; orders the claims of workers that apply their own updates
     buffers: th.Tensor  # float64 [n_buffer_values]: the policy's buffers (e.g. BatchNorm statistics), as params
     buffer_changes: th.Tensor  # float64 [n_workers, SLOTS_PER_WORKER, n_buffer_values]: what each gradient's segment changed
@@ -204,7 +205,7 @@ class _Worker:
             answers.wait_until_unanswered(SLOTS_PER_WORKER - 1)
             if answers.latest is _STOP:
                 break
-            core.write_gradient(shared.gradients[self.worker_id, slot])
+            core.write_handover(shared.gradients[self.worker_id, slot])
             core.write_buffer_change(shared.buffer_changes[self.worker_id, slot])
             report = GradientReport(self.worker_id, params_version, segment, core.new_statistics(), slot=slot)
             self.reports.send(report)
@@ -362,7 +363,7 @@ class LocalCollector(GradientCollector):
         self._shared = _SharedMemory(
             params=flat.share_memory_(),
             params_version=th.zeros(1, dtype=th.int64).share_memory_(),
-            gradients=th.zeros(n_workers, SLOTS_PER_WORKER, flat.numel(), dtype=flat.dtype).share_memory_(),
+            gradients=th.zeros(n_workers, SLOTS_PER_WORKER, spec.slot_size(flat.numel()), dtype=flat.dtype).share_memory_(),
             lock=self._context.Lock(),
             buffers=buffers.share_memory_(),
             buffer_changes=th.zeros(n_workers, SLOTS_PER_WORKER, buffers.numel(), dtype=th.float64).share_memory_(),

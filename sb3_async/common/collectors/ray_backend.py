@@ -98,7 +98,8 @@ class RayWorker:
     def __init__(self, worker_id: int, spec_bytes: bytes, n_params: int, incarnation: int, n_workers: int) -> None:
         prepare_worker_process()
         self.core = WorkerCore(worker_id, cloudpickle.loads(spec_bytes), n_params, incarnation, n_workers)
-        self.gradient = th.zeros_like(self.core.local_params)
+        # The gradient, or an actor's trajectory (ActorLogic).
+        self.gradient = th.zeros(self.core.spec.slot_size(n_params))
         self.buffer_change = th.zeros(0, dtype=th.float64)
 
     def where(self) -> tuple[str, int]:
@@ -117,7 +118,7 @@ class RayWorker:
         np.copyto(core.local_params.numpy(), params)
         core.load_parameters(core.local_params, th.from_numpy(np.array(buffers)))
         segment = core.run_segment()
-        core.write_gradient(self.gradient)
+        core.write_handover(self.gradient)
         if core.buffers:
             self.buffer_change = th.zeros_like(core.buffers_at_start)
             core.write_buffer_change(self.buffer_change)

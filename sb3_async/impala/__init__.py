@@ -1,0 +1,3 @@
+from sb3_async.impala.impala import IMPALA
+
+__all__ = ["IMPALA"]
