@@ -2,6 +2,7 @@
 
 import functools
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -14,10 +15,9 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_async import IMPALA
 from sb3_async.a3c.worker import a3c_loss, generalized_advantages
+from sb3_async.impala.actor import IMPALAActor
 from sb3_async.impala.trajectories import TrajectoryLayout
-from sb3_async.offpac.behavior import TargetBehavior
 from sb3_async.offpac.loss import OffPolicyTrajectories, off_policy_ac_loss, vtrace
-from sb3_async.offpac.worker import BehaviorRollout
 from tests.conftest import CountingCallback, RecordingOutput, forkserver_children
 
 FAST = dict(n_workers=2, n_steps=5, batch_size=2, seed=0, device="cpu")
@@ -145,10 +145,12 @@ def test_with_one_actor_and_no_lag_the_update_is_a3cs_on_the_same_segment():
     env = make_vec_env("CartPole-v1", n_envs=3, seed=0)
     th.manual_seed(0)
     policy = ActorCriticPolicy(env.observation_space, env.action_space, lambda _: 0.0)
-    rollout = BehaviorRollout(env, policy, TargetBehavior(), n_steps=8, gamma=0.99)
-    rollout.run()  # a second segment starts mid-episode: the bootstrap and the dones both matter
-    rollout.step_log.pop()  # as the actor hands it on
-    segment = rollout.run()
+    layout = TrajectoryLayout.of(env.observation_space, env.action_space, n_steps=8, n_envs=3)
+    actor = IMPALAActor(env, policy, 0, n_steps=8, gamma=0.99, layout=layout)
+    trajectory = th.zeros(layout.size)
+    actor.act(trajectory)  # a second segment starts mid-episode: the bootstrap and the dones both matter
+    actor.act(trajectory)
+    segment = layout.read(trajectory[None])  # as the learner reads a batch of one
     assert segment.dones.any(), "the segment should cross an episode end"
 
     policy.zero_grad()
@@ -179,6 +181,44 @@ def test_with_one_actor_and_no_lag_the_update_is_a3cs_on_the_same_segment():
     loss.backward()
     for impala_grad, param in zip(impala_gradient, policy.parameters(), strict=True):
         th.testing.assert_close(impala_grad, param.grad, rtol=1e-4, atol=1e-6)
+    env.close()
+
+
+def test_an_actor_records_its_log_probs_and_bootstraps_a_time_limits_cut():
+    env = make_vec_env(lambda: gym.make("CartPole-v1", max_episode_steps=6), n_envs=2, seed=0)
+    policy = ActorCriticPolicy(env.observation_space, env.action_space, lambda _: 0.0)
+    layout = TrajectoryLayout.of(env.observation_space, env.action_space, n_steps=8, n_envs=2)
+    actor = IMPALAActor(env, policy, 0, n_steps=8, gamma=0.9, layout=layout)
+    trajectory = th.zeros(layout.size)
+    steps = actor.act(trajectory).steps
+    segment = layout.read(trajectory[None])
+    assert isinstance(segment.observations, th.Tensor)
+    with th.no_grad():
+        _, log_probs, _ = policy.evaluate_actions(segment.observations[:-1].flatten(0, 1), segment.actions.flatten().long())
+    # log mu(a|x), computed after the segment, is the log-probability of the policy that acted.
+    th.testing.assert_close(segment.behavior_log_probs, log_probs.view(8, 2))
+    cut = [
+        (step, env_idx)
+        for step in range(8)
+        for env_idx in range(2)
+        if steps["infos"][step][env_idx].get("TimeLimit.truncated")
+    ]
+    assert cut, "a 6-step time limit cuts an episode within 8 steps (a random policy rarely drops the pole in 6)"
+    for step, env_idx in cut:
+        final = steps["infos"][step][env_idx]["terminal_observation"]
+        with th.no_grad():
+            final_value = policy.predict_values(th.as_tensor(final[None])).item()
+        assert segment.rewards[step, env_idx].item() == pytest.approx(1.0 + 0.9 * final_value, rel=1e-5)
+        assert segment.dones[step, env_idx] == 1.0
+    # Not bootstrapped elsewhere: every other reward is CartPole's 1.
+    others = th.ones(8, 2, dtype=th.bool)
+    for step, env_idx in cut:
+        others[step, env_idx] = False
+    assert (segment.rewards[others] == 1.0).all()
+    # The last observation of this segment is the first of the next: no step is lost between unrolls.
+    last = segment.observations[-1].clone()
+    actor.act(trajectory)
+    th.testing.assert_close(layout.read(trajectory[None]).observations[0], last)
     env.close()
 
 

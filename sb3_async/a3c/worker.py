@@ -21,7 +21,10 @@ from sb3_async.common.rollout import (
     as_observations,
     actions_for_env,
     bootstrap_truncations,
+    concatenate_observations,
     mode_dependent_module,
+    one_row,
+    rows_of,
     truncations,
 )
 
@@ -254,8 +257,8 @@ class LeanA3CWorker(A3CWorker):
             for step in range(self.n_steps)
             for idx, obs in truncations(steps["infos"][step], steps["dones"][step])
         ]
-        observations = _concatenate_observations(
-            [_rows_of(steps["obs_tensor"]), new_obs, *(_one_row(obs, steps["obs_tensor"]) for _, _, obs in truncated)]
+        observations = concatenate_observations(
+            [rows_of(steps["obs_tensor"]), new_obs, *(one_row(obs, steps["obs_tensor"]) for _, _, obs in truncated)]
         )
         features = policy.extract_features(obs_as_tensor(observations, CPU))
         if isinstance(features, th.Tensor):  # one features extractor shared by both heads
@@ -267,7 +270,7 @@ class LeanA3CWorker(A3CWorker):
             latent_vf = policy.mlp_extractor.forward_critic(vf_features)
         all_values = policy.value_net(latent_vf).flatten()
         distribution = policy._get_action_dist_from_latent(latent_pi)
-        log_prob = distribution.log_prob(_actions_for_loss(th.as_tensor(_rows_of(steps["actions"])), env.action_space))
+        log_prob = distribution.log_prob(_actions_for_loss(th.as_tensor(rows_of(steps["actions"])), env.action_space))
         entropy = distribution.entropy()
 
         detached = all_values.detach().numpy()
@@ -317,26 +320,6 @@ def generalized_advantages(
         advantages[step] = last_gae_lam
         next_values, next_non_terminal = values[step], 1.0 - episode_starts[step]
     return advantages
-
-
-def _rows_of(column: Any) -> Any:
-    """A step log column ``[n_steps, n_envs, ...]`` as rows ``[n_steps * n_envs, ...]``, time-major; dicts key by key."""
-    if isinstance(column, dict):
-        return {key: _rows_of(value) for key, value in column.items()}
-    return column.reshape(-1, *column.shape[2:])
-
-
-def _one_row(observation: Any, like: Any) -> Any:
-    """One env's observation as a batch of one, in the dtype of the step log's column ``like``."""
-    if isinstance(like, dict):
-        return {key: _one_row(observation[key], like[key]) for key in like}
-    return np.asarray(observation, dtype=like.dtype).reshape(1, *like.shape[2:])
-
-
-def _concatenate_observations(parts: list[Any]) -> Any:
-    if isinstance(parts[0], dict):
-        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    return np.concatenate(parts)
 
 
 class RecurrentA3CWorker(A3CWorker):

@@ -150,3 +150,24 @@ def first_non_finite(steps: dict[str, Any]) -> tuple[str, int, int, float] | Non
                 label = what if name is None else f"{what} {name!r}"
                 return label, env, step, float(bad[~np.isfinite(bad)][0])
     return None
+
+
+def rows_of(column: Any) -> Any:
+    """A step log column ``[n_steps, n_envs, ...]`` as rows ``[n_steps * n_envs, ...]``, time-major; dicts key by key."""
+    if isinstance(column, dict):
+        return {key: rows_of(value) for key, value in column.items()}
+    return column.reshape(-1, *column.shape[2:])
+
+
+def one_row(observation: Any, like: Any) -> Any:
+    """One env's observation as a batch of one, in the dtype of the step log's column ``like``."""
+    if isinstance(like, dict):
+        return {key: one_row(observation[key], like[key]) for key in like}
+    return np.asarray(observation, dtype=like.dtype).reshape(1, *like.shape[2:])
+
+
+def concatenate_observations(parts: list[Any]) -> Any:
+    """Batches of observations (arrays, or dicts of them) as one batch, in order."""
+    if isinstance(parts[0], dict):
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    return np.concatenate(parts)
