@@ -215,9 +215,10 @@ ASYNC_Q_CARTPOLE = dict(
     "method, budget, eval_every, seed",
     [
         # One-step targets pass values back one step per target refresh: the slowest to learn.
-        # Trial runs solved in 190k-400k steps, and once not within 500k: async runs vary.
-        (functools.partial(AsyncQLearning, n_steps=1), 800_000, 20_000, 0),
-        (functools.partial(AsyncSARSA, n_steps=1), 800_000, 20_000, 1),
+        # Trial runs solved in 190k-400k steps, and once not within 500k; on 2026-12-06 one-step Q took
+        # 620k. Async runs vary, so 1.2M, twice the slowest seen; a passing run costs no more.
+        (functools.partial(AsyncQLearning, n_steps=1), 1_200_000, 20_000, 0),
+        (functools.partial(AsyncSARSA, n_steps=1), 1_200_000, 20_000, 1),
         # The paper's n-step Q: every state of a 5-step segment looks ahead to the segment's end.
         (functools.partial(AsyncQLearning, n_steps=5), 400_000, 10_000, 0),
     ],
