@@ -250,7 +250,7 @@ def test_a3c_swings_up_pendulum(no_leaks):
     # at 120k and fell back for good). The run is not reproducible even with a seed, so a second seed
     # gets its own 700k when the first misses; both runs' evaluations are reported if both miss, and a
     # build that cannot learn Pendulum misses with both.
-    misses = []
+    threshold, eval_every, misses = -400, 20_000, []
     for seed in (0, 1):
         env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=0.9)
         model = A3C(
@@ -268,12 +268,10 @@ def test_a3c_swings_up_pendulum(no_leaks):
         )
         # EvaluateUntil syncs the VecNormalize statistics into the eval env.
         eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=100), training=False, norm_reward=False)
-        evaluations = train_until(
-            model, eval_env, threshold=-400, budget=700_000, eval_every=20_000, n_eval_episodes=10, best_return=0
-        )
-        if evaluations.best_mean_reward >= -400:
+        evaluations = train_until(model, eval_env, threshold, 700_000, eval_every, n_eval_episodes=10, best_return=0)
+        if evaluations.best_mean_reward >= threshold:
             return
-        misses.append(f"seed {seed}: {_failure(model, -400, 20_000, evaluations)}")
+        misses.append(f"seed {seed}: {_failure(model, threshold, eval_every, evaluations)}")
     pytest.fail("\n".join(misses))
 
 
