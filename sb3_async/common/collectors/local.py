@@ -532,9 +532,14 @@ class LocalCollector(GradientCollector):
 
     def _drain_reports_until_workers_exit(self, deadline: float) -> None:
         # A worker may be blocked writing a report larger than the pipe holds (image steps, say): it
-        # only reads its "stop" once that report is read.
+        # only reads its "stop" once that report is read. A worker already silent for longer than
+        # worker_timeout (an env whose step hangs) is not waited for: close() stops it by force.
         while time.monotonic() < deadline:
-            alive = [worker for worker in self._workers if worker.process.is_alive()]
+            alive = [
+                worker
+                for worker_id, worker in enumerate(self._workers)
+                if worker.process.is_alive() and worker_id not in self.silence.silent
+            ]
             if not alive:
                 return
             waitables = [obj for worker in alive for obj in (worker.report_receiver, worker.process.sentinel)]
