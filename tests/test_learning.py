@@ -16,6 +16,9 @@ from sb3_async.zoo.experiment import config_kwargs
 
 # A uniformly random policy balances CartPole-v1 for about 22 steps.
 CARTPOLE_RANDOM_SCORE = 22.0
+# Evaluations play their episodes 4 at a time: one forward pass acts in 4 envs, so an evaluation costs
+# about a third of what one env at a time does (SB3's evaluate_policy still plays exactly n_eval_episodes).
+EVAL_ENVS = 4
 
 
 class _CannotReachThreshold(Exception):
@@ -98,7 +101,7 @@ def assert_training_reaches(
 
 def assert_solves_cartpole(model, seed: int, budget: int, eval_every: int = 10_000) -> None:
     """The deterministic policy must average 475 on 20 new CartPole-v1 episodes within ``budget`` steps."""
-    eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=100 + seed)
+    eval_env = make_vec_env("CartPole-v1", n_envs=EVAL_ENVS, seed=100 + seed)
     assert_training_reaches(
         model, eval_env, threshold=475, budget=budget, eval_every=eval_every, n_eval_episodes=20, best_return=500
     )
@@ -200,7 +203,7 @@ def test_offpac_learns_cartpole_from_uniform_behaviour_that_covers_its_states(se
     # More of the same data must not make it worse (issue 16 saw 161 at 100k fall to 101 at 300k from CartPole's starts).
     solved_at = model.num_timesteps
     model.learn(100_000, reset_num_timesteps=False)
-    score, _ = evaluate_policy(model, make_vec_env("CartPole-v1", n_envs=1, seed=200 + seed), n_eval_episodes=20)
+    score, _ = evaluate_policy(model, make_vec_env("CartPole-v1", n_envs=EVAL_ENVS, seed=200 + seed), n_eval_episodes=20)
     assert score >= 450, f"{score:.1f} at {model.num_timesteps} steps, after 475 at {solved_at}"
 
 
@@ -237,7 +240,7 @@ def test_offpac_learns_from_uniform_behaviour(no_leaks):
         "MlpPolicy", "CartPole-v1", behavior_policy="uniform", n_workers=2, envs_per_worker=4, seed=0, device="cpu"
     )
     model.learn(100_000)
-    mean_reward, _ = evaluate_policy(model, make_vec_env("CartPole-v1", n_envs=1, seed=999), n_eval_episodes=20)
+    mean_reward, _ = evaluate_policy(model, make_vec_env("CartPole-v1", n_envs=EVAL_ENVS, seed=999), n_eval_episodes=20)
     assert mean_reward >= CARTPOLE_RANDOM_SCORE * 3, f"{mean_reward:.1f}"  # 135 to 190 measured
 
 
@@ -267,7 +270,7 @@ def test_a3c_swings_up_pendulum(no_leaks):
             device="cpu",
         )
         # EvaluateUntil syncs the VecNormalize statistics into the eval env.
-        eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=100), training=False, norm_reward=False)
+        eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=EVAL_ENVS, seed=100), training=False, norm_reward=False)
         evaluations = train_until(model, eval_env, threshold, 700_000, eval_every, n_eval_episodes=10, best_return=0)
         if evaluations.best_mean_reward >= threshold:
             return
@@ -285,7 +288,7 @@ def test_offpac_swings_up_pendulum_with_its_zoo_entry(no_leaks):
     kwargs = config_kwargs("offpac", "Pendulum-v1")
     env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1), gamma=kwargs["gamma"])
     model = OffPolicyAC("MlpPolicy", env, seed=0, device="cpu", **kwargs)
-    eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=100), training=False, norm_reward=False)
+    eval_env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=EVAL_ENVS, seed=100), training=False, norm_reward=False)
     assert_training_reaches(
         model, eval_env, threshold=-250, budget=400_000, eval_every=10_000, n_eval_episodes=10, best_return=0
     )
@@ -296,7 +299,7 @@ def test_offpac_learns_continuous_actions_from_uniform_behaviour(no_leaks):
     # episode. Uniform actions score about 4; the Gaussian target policy must learn from them to hit.
     model = OffPolicyAC("MlpPolicy", _identity_box, behavior_policy="uniform", n_workers=2, seed=0, device="cpu")
     model.learn(20_000)
-    mean_reward, _ = evaluate_policy(model, make_vec_env(_identity_box, n_envs=1, seed=99), n_eval_episodes=20)
+    mean_reward, _ = evaluate_policy(model, make_vec_env(_identity_box, n_envs=EVAL_ENVS, seed=99), n_eval_episodes=20)
     assert mean_reward >= 9.0, f"{mean_reward:.2f} of 10"
 
 

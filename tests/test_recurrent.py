@@ -20,7 +20,7 @@ from sb3_async.a3c.worker import RecurrentA3CWorker
 from sb3_async.zoo.minatar import register_minatar_envs
 from sb3_async.common.torch_layers import MinAtarCNN, small_image_policy_kwargs
 from tests.envs import FixedLengthEnv, cartpole_without_velocities
-from tests.test_learning import assert_training_reaches
+from tests.test_learning import EVAL_ENVS, assert_training_reaches
 
 SMALL_LSTM = dict(lstm_hidden_size=16, net_arch=dict(pi=[16], vf=[16]))
 
@@ -179,8 +179,9 @@ NO_VELOCITIES = dict(
 NO_VELOCITIES_NET = dict(net_arch=dict(pi=[64], vf=[64]), ortho_init=False, activation_fn=th.nn.ReLU)
 
 
-def _no_velocities_env(seed=None, training=True) -> VecNormalize:
-    return VecNormalize(make_vec_env(cartpole_without_velocities, n_envs=1, seed=seed), training=training, norm_reward=False)
+def _no_velocities_env(seed=None, training=True, n_envs=1) -> VecNormalize:
+    env = make_vec_env(cartpole_without_velocities, n_envs=n_envs, seed=seed)
+    return VecNormalize(env, training=training, norm_reward=False)
 
 
 def test_recurrent_a3c_balances_cartpole_without_velocities_and_feed_forward_a3c_cannot(no_leaks):
@@ -191,13 +192,15 @@ def test_recurrent_a3c_balances_cartpole_without_velocities_and_feed_forward_a3c
     model = A3C(
         "MlpLstmPolicy", _no_velocities_env(), policy_kwargs=dict(lstm_hidden_size=64, **NO_VELOCITIES_NET), **NO_VELOCITIES
     )
-    assert_training_reaches(model, _no_velocities_env(100, training=False), threshold=450, budget=360_000,
-                            eval_every=20_000, n_eval_episodes=20, best_return=500)  # fmt: skip
+    eval_env = _no_velocities_env(100, training=False, n_envs=EVAL_ENVS)
+    assert_training_reaches(
+        model, eval_env, threshold=450, budget=360_000, eval_every=20_000, n_eval_episodes=20, best_return=500
+    )
 
     # The same settings without the LSTM, for as many steps as the recurrent agent needed.
     feed_forward = A3C("MlpPolicy", _no_velocities_env(), policy_kwargs=NO_VELOCITIES_NET, **NO_VELOCITIES)
     feed_forward.learn(model.num_timesteps)
-    eval_env = _no_velocities_env(100, training=False)
+    eval_env = _no_velocities_env(100, training=False, n_envs=EVAL_ENVS)
     eval_env.obs_rms = feed_forward.get_vec_normalize_env().obs_rms
     mean_reward, _ = evaluate_policy(feed_forward, eval_env, n_eval_episodes=20)
     assert mean_reward < 150, (
