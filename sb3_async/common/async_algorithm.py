@@ -594,6 +594,7 @@ class AsyncAlgorithmMixin(_Host):
                 self._callbacks_read_locals = reads_step_locals(callback)
                 th.set_num_threads(1)
                 collector.start()
+                report = None
                 while self.num_timesteps < total_timesteps:
                     report = collector.next_report()
                     # As SB3's learning rate for a rollout's update: counting the rollout's own steps.
@@ -615,6 +616,8 @@ class AsyncAlgorithmMixin(_Host):
                             self._record_async_logs(window, collector)
                             self._dump_iteration_logs(iteration)
                             window = _LogWindow(idle_seconds_at_start=collector.idle_seconds)
+                if report is not None and self.num_timesteps >= total_timesteps:
+                    self._on_steps_reached(path, report, flat_params, flat_gradient)
             finally:
                 try:
                     path.close()  # the workers stop; the policy and its optimizer are SB3's again
@@ -679,6 +682,14 @@ class AsyncAlgorithmMixin(_Host):
     def _loop_counters(self, n_calls: int, n_episodes: int) -> dict[str, Any]:
         """The loop counters of the base class's ``collect_rollouts`` in ``self.locals``, counting this report's steps."""
         raise NotImplementedError
+
+    def _on_steps_reached(
+        self, path: UpdatePath, last_report: GradientReport, flat_params: th.Tensor, flat_gradient: th.Tensor
+    ) -> None:
+        """
+        Called once ``learn()`` has its ``total_timesteps`` (not when a callback stopped it), while the
+        workers still run: a learner that holds experience it has not learned from learns from it here.
+        """
 
     def _after_gradient_step(self, report: GradientReport) -> None:
         """Called after each applied gradient, before the new parameters are published (e.g. to refresh a target network)."""

@@ -10,7 +10,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 
 from sb3_async.common.async_algorithm import AsyncOnPolicyAlgorithm
 from sb3_async.common.collectors import GradientCollector, GradientReport, WorkerSpec, buffers_to_vector, clip_gradient_norm_
-from sb3_async.common.update_paths import LearnerApplies
+from sb3_async.common.update_paths import LearnerApplies, UpdatePath
 from sb3_async.common.worker_updates import WorkerUpdateSettings
 from sb3_async.impala.actor import IMPALAActor
 from sb3_async.impala.trajectories import TrajectoryLayout
@@ -232,6 +232,14 @@ class IMPALA(AsyncOnPolicyAlgorithm):
         if len(self._batch) >= self.segments_per_batch:
             self._learn_from_batch(path, collector, report, flat_params, flat_gradient)
 
+    def _on_steps_reached(
+        self, path: UpdatePath, last_report: GradientReport, flat_params: th.Tensor, flat_gradient: th.Tensor
+    ) -> None:
+        """The steps are all taken: the trajectories of a batch not yet full are learned from, in one smaller update."""
+        if self._batch:
+            assert isinstance(path, LearnerApplies), "IMPALA's learner applies every update"
+            self._learn_from_batch(path, path.collector, last_report, flat_params, flat_gradient)
+
     def _learn_from_batch(
         self,
         path: LearnerApplies,
@@ -297,8 +305,9 @@ class IMPALA(AsyncOnPolicyAlgorithm):
         progress_bar: bool = False,
     ) -> SelfIMPALA:
         """
-        Train for ``total_timesteps`` env steps, summed over all actors' envs. Trajectories still in an
-        unfilled batch when the steps are reached are not learned from.
+        Train for ``total_timesteps`` env steps, summed over all actors' envs. Once they are taken, the
+        trajectories of a batch not yet full are learned from in one smaller update; not when a callback
+        stops training (as SB3's A2C does not train on a rollout a callback stopped).
 
         One logging iteration is ``n_workers * envs_per_worker * n_steps`` timesteps.
         """
