@@ -306,16 +306,15 @@ class RayCollector(GradientCollector):
         self._submit(worker_id)
 
     def _look_for_silent_workers(self) -> None:
+        building = set(self._locating.values())
         for worker_id, seconds in self.silence.newly_silent():
             replace = self.restarts < self.max_worker_restarts
             node = self.worker_locations[worker_id][0]
-            warn_silent(
-                worker_id,
-                seconds,
-                "computing a gradient (its call has not returned: an env whose step hangs, say)",
-                replace,
-                node,
-            )
+            if worker_id in building:  # a replacement that Ray has not finished starting
+                doing = "still being built (a replacement: it has not yet built its envs and policy)"
+            else:
+                doing = "computing a gradient (its call has not returned: an env whose step hangs, say)"
+            warn_silent(worker_id, seconds, doing, replace, node)
             if replace:
                 self._restart_or_raise(worker_id, f"was silent for {seconds:.0f} s and was replaced")
 
