@@ -276,8 +276,10 @@ def test_once_the_steps_are_taken_a_batch_not_yet_full_is_learned_from(no_leaks)
     model = IMPALA("MlpPolicy", "CartPole-v1", **settings).learn(20)
     assert model.num_timesteps == 20
     assert model._n_updates == 2
-    # A callback that stops training: as SB3's A2C does not train on the rollout it stopped, the batch is left.
-    model = IMPALA("MlpPolicy", "CartPole-v1", **settings).learn(1_000, callback=CountingCallback(stop_after_calls=20))
+    # A callback that stops training, even at the last step: as SB3's A2C does not train on the rollout it
+    # stopped, the batch is left.
+    model = IMPALA("MlpPolicy", "CartPole-v1", **settings).learn(20, callback=CountingCallback(stop_after_calls=20))
+    assert model.num_timesteps == 20
     assert model._n_updates == 1
 
 

@@ -594,7 +594,7 @@ class AsyncAlgorithmMixin(_Host):
                 self._callbacks_read_locals = reads_step_locals(callback)
                 th.set_num_threads(1)
                 collector.start()
-                report = None
+                report, stopped_by_callback = None, False
                 while self.num_timesteps < total_timesteps:
                     report = collector.next_report()
                     # As SB3's learning rate for a rollout's update: counting the rollout's own steps.
@@ -608,6 +608,7 @@ class AsyncAlgorithmMixin(_Host):
                         self._apply_report(path, report, flat_params, flat_gradient)
                     window.add(report)
                     if not self._run_callbacks(callback, report):
+                        stopped_by_callback = True
                         break
                     done_iterations = (self.num_timesteps - self._num_timesteps_at_start) // timesteps_per_iteration
                     if done_iterations > iteration:
@@ -616,7 +617,7 @@ class AsyncAlgorithmMixin(_Host):
                             self._record_async_logs(window, collector)
                             self._dump_iteration_logs(iteration)
                             window = _LogWindow(idle_seconds_at_start=collector.idle_seconds)
-                if report is not None and self.num_timesteps >= total_timesteps:
+                if report is not None and not stopped_by_callback:
                     self._on_steps_reached(path, report, flat_params, flat_gradient)
             finally:
                 try:

@@ -306,11 +306,10 @@ class RayCollector(GradientCollector):
         self._submit(worker_id)
 
     def _look_for_silent_workers(self) -> None:
-        building = set(self._locating.values())
         for worker_id, seconds in self.silence.newly_silent():
             replace = self.restarts < self.max_worker_restarts
             node = self.worker_locations[worker_id][0]
-            if worker_id in building:  # a replacement that Ray has not finished starting
+            if worker_id in self._locating.values():  # a replacement that Ray has not finished starting
                 doing = "still being built (a replacement: it has not yet built its envs and policy)"
             else:
                 doing = "computing a gradient (its call has not returned: an env whose step hangs, say)"
