@@ -212,12 +212,10 @@ def test_offpac_learns_cartpole_from_uniform_behaviour_that_covers_its_states(se
 ASYNC_Q_CARTPOLE = dict(
     learning_rate=1e-3, train_freq=5, target_update_interval=1000, n_workers=2, envs_per_worker=2, device="cpu"
 )
-# One-step targets pass values back one step per target refresh: the slowest to learn, 260k-880k steps in trial
-# runs. With 4 envs per worker a gradient holds 20 steps, and a run steps 10k-12k env steps/s against 6.3k with
-# the entry's 2, for somewhat more steps: 12 trial runs (2026-12-06, seeds 0-4) took 26-87 s, median 60 s, where
-# 13 with 2 envs (trials and suite runs) took 50-111 s, median 73 s. The budget, 1.6M, is 1.8x the slowest; 7 of the
-# trial runs had it (5 annealed epsilon over 40k steps instead, to no clear effect). Epsilon anneals over 10% of
-# learn()'s steps, so a larger budget would also train differently.
+# One-step targets pass values back one step per target refresh: the slowest to learn, 260k-820k steps in trial
+# runs. With 4 envs per worker a gradient holds 20 steps, and a run steps about 12k env steps/s against 6.3k with
+# the entry's 2, for about as many steps: 9 trial runs (2026-12-06, seeds 0-4) took 26-71 s, median 55 s, where 7
+# with 2 envs took 50-111 s, median 73 s. The budget is twice the slowest; a passing run costs no more.
 ONE_STEP_CARTPOLE = dict(ASYNC_Q_CARTPOLE, envs_per_worker=4)
 
 
