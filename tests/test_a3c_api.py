@@ -198,6 +198,17 @@ def test_vec_normalize_statistics_are_merged_into_the_learner(tmp_path, backend,
     np.testing.assert_allclose(restored.obs_rms.mean, learner_stats.obs_rms.mean)
 
 
+def test_vec_normalize_of_rewards_only_trains_and_merges_the_return_statistics(no_leaks):
+    # SB3's VecNormalize(norm_obs=False) has no obs_rms at all; the workers used to fail on it.
+    env = VecNormalize(make_vec_env("CartPole-v1", n_envs=1), norm_obs=False, gamma=0.99)
+    model = A3C("MlpPolicy", env, n_workers=2, envs_per_worker=2, seed=0, device="cpu")
+    model.learn(2_000)
+    assert not hasattr(env, "obs_rms")
+    assert model.num_timesteps <= env.ret_rms.count <= model.num_timesteps + 10
+    # CartPole pays 1 a step: the discounted returns the workers saw grow above 1 and vary.
+    assert env.ret_rms.mean > 1.0 and env.ret_rms.var > 0.1
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -23,7 +23,9 @@ class NormalizationStatistics:
 
     @classmethod
     def of(cls, vec_normalize: VecNormalize) -> "NormalizationStatistics":
-        return cls(obs_rms=_copy_statistics(vec_normalize.obs_rms), ret_rms=vec_normalize.ret_rms.copy())
+        # SB3's VecNormalize has no obs_rms at all when it normalizes rewards only (norm_obs=False).
+        obs_rms = _copy_statistics(vec_normalize.obs_rms) if vec_normalize.norm_obs else None
+        return cls(obs_rms=obs_rms, ret_rms=vec_normalize.ret_rms.copy())
 
     def merge_into(self, vec_normalize: VecNormalize) -> None:
         """Fold these statistics (a worker's new observations) into ``vec_normalize``'s."""
@@ -71,25 +73,23 @@ class WorkerVecNormalize(VecNormalize):
             self.ret_rms = statistics.ret_rms
 
     def _start_new_record(self) -> None:
-        self._new_obs_rms = _fresh_statistics_like(self.obs_rms)
+        self._new_obs_rms = _fresh_statistics_like(self.obs_rms) if self.norm_obs else None
         self._new_ret_rms = RunningMeanStd(shape=())
 
     def pop_new_statistics(self) -> NormalizationStatistics:
         """The statistics of what this worker saw since the previous call."""
         new = NormalizationStatistics(
-            obs_rms=self._new_obs_rms if self.norm_obs else None,
+            obs_rms=self._new_obs_rms,
             ret_rms=self._new_ret_rms if self.norm_reward else None,
         )
         self._start_new_record()
         return new
 
     def _record_observations(self, raw_obs: Any) -> None:
-        if not self.norm_obs:
-            return
         if isinstance(self._new_obs_rms, dict):
             for key in self._new_obs_rms:
                 self._new_obs_rms[key].update(raw_obs[key])
-        else:
+        elif self._new_obs_rms is not None:  # None when only rewards are normalized
             self._new_obs_rms.update(raw_obs)
 
     def step_wait(self):
