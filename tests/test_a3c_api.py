@@ -379,7 +379,12 @@ def test_the_learner_builds_step_locals_only_when_a_callback_may_read_them(tmp_p
     monkeypatch.setattr(AsyncAlgorithmMixin, "_callback_locals", lambda self, *args: built.append(1) or original(self, *args))
     model = A3C("MlpPolicy", "CartPole-v1", **FAST)
     model.learn(500, callback=sb3_only, progress_bar=True)
+    model.learn(500)  # no callback: SB3 wraps None in a ConvertCallback, which reads nothing
     assert built == [] and not reads_step_locals(None)
+    seen = []
+    model.learn(500, callback=lambda local_vars, global_vars: seen.append(local_vars["new_obs"].shape) or True)
+    assert len(built) == len(seen) > 0 and seen[0] == (model.n_envs, 4)  # an old-style function callback gets them
+    built.clear()
     counter = CountingCallback()  # a user's callback: it may read self.locals, and gets them
     model.learn(500, callback=[*sb3_only, counter])
     assert len(built) == counter.n_calls > 0

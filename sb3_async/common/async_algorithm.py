@@ -23,6 +23,7 @@ from stable_baselines3.common.callbacks import (
     BaseCallback,
     CallbackList,
     CheckpointCallback,
+    ConvertCallback,
     EvalCallback,
     EventCallback,
     EveryNTimesteps,
@@ -132,6 +133,8 @@ def reads_step_locals(callback: BaseCallback | None) -> bool:
     """Whether any callback in the tree under ``callback`` may read ``self.locals`` at ``on_step``."""
     if callback is None:
         return False
+    if type(callback) is ConvertCallback:  # what SB3 makes of learn(callback=None), or of a function, which reads them
+        return callback.callback is not None
     if type(callback) not in _CALLBACKS_THAT_IGNORE_LOCALS:
         return True
     children: list[BaseCallback | None] = list(callback.callbacks) if isinstance(callback, CallbackList) else []
