@@ -76,3 +76,31 @@ def test_exploring_starts_refuse_bounds_that_do_not_fit():
         ExploringStarts(gym.make("CartPole-v1"), high=[1.0, 1.0], low=[2.0, 0.0])
     with pytest.raises(ValueError, match="has shape"):
         ExploringStarts(gym.make("CartPole-v1"), high=[1.0, 1.0]).reset()
+
+
+def test_worker_statistics_merged_at_the_learner_equal_vec_normalize_updating_itself_step_by_step():
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_async.common.normalization import NormalizationStatistics, WorkerVecNormalize
+
+    settings = dict(norm_obs=True, norm_reward=True, gamma=0.9)
+    reference = VecNormalize(make_vec_env("CartPole-v1", n_envs=4, seed=0), **settings)  # SB3 updates per step
+    learner = VecNormalize(make_vec_env("CartPole-v1", n_envs=1), **settings)
+    worker = WorkerVecNormalize(make_vec_env("CartPole-v1", n_envs=4, seed=0), settings, NormalizationStatistics.of(learner))
+    reference.reset()
+    worker.reset()
+    actions = np.random.default_rng(0).integers(0, 2, size=(203, 4))
+    for step, action in enumerate(actions):
+        reference.step(action)
+        worker.step(action)
+        if step % 5 == 4 or step == len(actions) - 1:  # a report every 5 steps, and the last, partial one
+            worker.pop_new_statistics().merge_into(learner)
+            worker.load_learner_statistics(NormalizationStatistics.of(learner))
+    # Every observation counted once, the 4 first ones of the reset included (each merge adds RunningMeanStd's 1e-4).
+    assert learner.obs_rms.count == pytest.approx(reference.obs_rms.count, abs=0.01) and learner.obs_rms.count > 800
+    np.testing.assert_allclose(learner.obs_rms.mean, reference.obs_rms.mean, rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(learner.obs_rms.var, reference.obs_rms.var, rtol=1e-2)
+    assert learner.ret_rms.count == pytest.approx(reference.ret_rms.count, abs=0.01)
+    returns = [learner.ret_rms.mean, learner.ret_rms.var]
+    np.testing.assert_allclose(returns, [reference.ret_rms.mean, reference.ret_rms.var], rtol=1e-3)

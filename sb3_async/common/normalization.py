@@ -73,24 +73,35 @@ class WorkerVecNormalize(VecNormalize):
             self.ret_rms = statistics.ret_rms
 
     def _start_new_record(self) -> None:
-        self._new_obs_rms = _fresh_statistics_like(self.obs_rms) if self.norm_obs else None
-        self._new_ret_rms = RunningMeanStd(shape=())
+        # What this worker sees until the next report, kept raw: the moments are computed once per report
+        # (pop_new_statistics), which merges exactly as per-step updates would, at a fraction of their cost.
+        self._observations_seen: list[Any] = []
+        self._returns_recorded: list[np.ndarray] = []
 
     def pop_new_statistics(self) -> NormalizationStatistics:
         """The statistics of what this worker saw since the previous call."""
-        new = NormalizationStatistics(
-            obs_rms=self._new_obs_rms,
-            ret_rms=self._new_ret_rms if self.norm_reward else None,
-        )
+        new_obs_rms: ObsStatistics | None = None
+        if self.norm_obs:
+            new_obs_rms = _fresh_statistics_like(self.obs_rms)
+            if self._observations_seen:
+                if isinstance(new_obs_rms, dict):
+                    for key, statistics in new_obs_rms.items():
+                        statistics.update(np.concatenate([obs[key] for obs in self._observations_seen]))
+                else:
+                    new_obs_rms.update(np.concatenate(self._observations_seen))
+        new_ret_rms = RunningMeanStd(shape=())
+        if self._returns_recorded:
+            new_ret_rms.update(np.concatenate(self._returns_recorded))
         self._start_new_record()
-        return new
+        return NormalizationStatistics(obs_rms=new_obs_rms, ret_rms=new_ret_rms if self.norm_reward else None)
 
     def _record_observations(self, raw_obs: Any) -> None:
-        if isinstance(self._new_obs_rms, dict):
-            for key in self._new_obs_rms:
-                self._new_obs_rms[key].update(raw_obs[key])
-        elif self._new_obs_rms is not None:  # None when only rewards are normalized
-            self._new_obs_rms.update(raw_obs)
+        if not self.norm_obs:
+            return
+        if isinstance(self.obs_rms, dict):  # only the keys it normalizes (norm_obs_keys)
+            self._observations_seen.append({key: np.array(raw_obs[key]) for key in self.obs_rms})
+        else:
+            self._observations_seen.append(np.array(raw_obs))  # a copy: a VecEnv may reuse its buffer
 
     def step_wait(self):
         obs, rewards, dones, infos = super().step_wait()
@@ -98,7 +109,7 @@ class WorkerVecNormalize(VecNormalize):
         if self.norm_reward:
             # The same discounted-return recursion as VecNormalize._update_reward.
             self._returns_seen = self._returns_seen * self.gamma + self.old_reward
-            self._new_ret_rms.update(self._returns_seen)
+            self._returns_recorded.append(self._returns_seen.copy())
             self._returns_seen[dones] = 0.0
         return obs, rewards, dones, infos
 
