@@ -45,17 +45,21 @@ def _copy_statistics(statistics: ObsStatistics) -> ObsStatistics:
     return statistics.copy()
 
 
-def _fresh_statistics_like(statistics: ObsStatistics) -> ObsStatistics:
-    # Start from (almost) zero count, so that what is merged is only what this worker saw.
-    if isinstance(statistics, dict):
-        return {key: RunningMeanStd(shape=value.mean.shape) for key, value in statistics.items()}
-    return RunningMeanStd(shape=statistics.mean.shape)
+def _statistics_of(batches: list[np.ndarray], shape: tuple[int, ...]) -> RunningMeanStd:
+    """
+    Fresh statistics (from almost zero count, so that what is merged is only what this worker saw) of
+    the recorded ``batches``, in one update: merged, the same as one update per batch.
+    """
+    statistics = RunningMeanStd(shape=shape)
+    if batches:
+        statistics.update(np.concatenate(batches))
+    return statistics
 
 
 class WorkerVecNormalize(VecNormalize):
     """
-    A worker's VecNormalize: it normalizes with the learner's statistics (refreshed before every
-    segment) and records what it sees into fresh statistics, which the learner merges into its own.
+    A worker's VecNormalize: it normalizes with the learner's statistics (the newest its answers
+    carried) and records what it sees into fresh statistics, which the learner merges into its own.
     Merging new moments, not copying a worker's whole statistics, is what keeps every observation
     counted exactly once across workers.
     """
@@ -81,19 +85,17 @@ class WorkerVecNormalize(VecNormalize):
     def pop_new_statistics(self) -> NormalizationStatistics:
         """The statistics of what this worker saw since the previous call."""
         new_obs_rms: ObsStatistics | None = None
-        if self.norm_obs:
-            new_obs_rms = _fresh_statistics_like(self.obs_rms)
-            if self._observations_seen:
-                if isinstance(new_obs_rms, dict):
-                    for key, statistics in new_obs_rms.items():
-                        statistics.update(np.concatenate([obs[key] for obs in self._observations_seen]))
-                else:
-                    new_obs_rms.update(np.concatenate(self._observations_seen))
-        new_ret_rms = RunningMeanStd(shape=())
-        if self._returns_recorded:
-            new_ret_rms.update(np.concatenate(self._returns_recorded))
+        if self.norm_obs:  # else SB3's VecNormalize has no obs_rms
+            seen = self._observations_seen
+            if isinstance(self.obs_rms, dict):  # only the keys it normalizes (norm_obs_keys)
+                new_obs_rms = {
+                    key: _statistics_of([obs[key] for obs in seen], rms.mean.shape) for key, rms in self.obs_rms.items()
+                }
+            else:
+                new_obs_rms = _statistics_of(seen, self.obs_rms.mean.shape)
+        new_ret_rms = _statistics_of(self._returns_recorded, shape=()) if self.norm_reward else None
         self._start_new_record()
-        return NormalizationStatistics(obs_rms=new_obs_rms, ret_rms=new_ret_rms if self.norm_reward else None)
+        return NormalizationStatistics(obs_rms=new_obs_rms, ret_rms=new_ret_rms)
 
     def _record_observations(self, raw_obs: Any) -> None:
         if not self.norm_obs:
