@@ -41,9 +41,10 @@ bench: .venv-test/.done
 bench-learner: .venv-test/.done
 	cd benchmarks && ../.venv-test/bin/python learner_capacity.py --rounds 3 --seconds 3
 
-# docs/distributed.md: the Ray backend against the local one (start-up, env steps/s, PSS). Ray runs in a loopback-only namespace.
+# docs/distributed.md: the Ray backend against the local one (start-up, env steps/s, PSS), and later learn() calls' start-up. Ray runs in a loopback-only namespace.
 bench-ray: .venv-test/.done
 	cd benchmarks && ../tools/loopback-only ../.venv-test/bin/python ray_vs_local.py --rounds 3
+	cd benchmarks && ../tools/loopback-only ../.venv-test/bin/python startup.py --rounds 3
 
 # docs/a3c.md, "Faults": the chaos soak, a random worker SIGKILLed every 2-10 s for 11 minutes per configuration
 # (A3C and OffPolicyAC; locked, learner, Hogwild and Ray: about 1.5 hours on 2 cores). Ray runs in a loopback-only namespace.

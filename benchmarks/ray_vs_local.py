@@ -7,7 +7,8 @@ Ray is started once, by this script, as a user would; its start is timed on its 
 
 (Ray opens ports and probes the network: run it where only loopback can be reached.)
 
-- start-up: from ``learn()`` to the first update, workers built and their first segment done;
+- start-up: from ``learn()`` to the first update, workers built and their first segment done (a first
+  ``learn()``'s: the actors Ray keeps from one ``learn()`` for the next are stopped before each run);
 - env steps/s: over the steps after the first 20% of a ``learn()``;
 - PSS: summed over the learner and its workers (``/proc/PID/smaps_rollup``), and, for Ray, over its
   own processes (GCS, raylet, idle worker pool) as well.
@@ -58,6 +59,12 @@ class Timing(BaseCallback):
 
 
 def run(backend: str, wait: bool, n_workers: int, envs_per_worker: int, timesteps: int, seed: int) -> dict[str, float]:
+    if backend == "ray":
+        # The last run's actors wait for a later learn(): stopped, so that this run starts (and is measured) with
+        # actors of its own, as a first learn() does. benchmarks/startup.py measures later learn() calls.
+        from sb3_async.common.collectors.ray_backend import stop_idle_ray_workers
+
+        stop_idle_ray_workers()
     model = A3C(
         "MlpPolicy", "CartPole-v1", n_workers=n_workers, envs_per_worker=envs_per_worker, seed=seed, device="cpu",
         backend=backend, wait_for_own_update=wait,

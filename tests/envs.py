@@ -97,6 +97,15 @@ class BrokenFromEnv(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class CartPoleBuiltOnlyIn(gym.Wrapper):
+    """CartPole that raises when it is built in any process but ``pid`` (the learner's): no worker can build it."""
+
+    def __init__(self, pid: int):
+        if os.getpid() != pid:
+            raise RuntimeError("this env cannot be built in a worker")
+        super().__init__(gym.make("CartPole-v1"))
+
+
 class ThreeActionCartPole(gym.Wrapper):
     """CartPole that claims a third action (which pushes left): a sub-env whose action space differs from CartPole's."""
 

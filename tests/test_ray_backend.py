@@ -17,7 +17,7 @@ from stable_baselines3.common.logger import Logger
 from sb3_async import A3C, IMPALA, AsyncQLearning, OffPolicyAC, WorkerError
 from sb3_async.common.collectors import ray_backend
 from tests.conftest import RecordingOutput
-from tests.envs import HangingEnv, RaisingEnv
+from tests.envs import CartPoleBuiltOnlyIn, HangingEnv, RaisingEnv
 from tests.test_learning import assert_solves_cartpole
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
@@ -116,6 +116,10 @@ def test_sigkill_of_an_actor_with_a_restart_left_training_goes_on():
     assert output.dumps[-1]["async/worker_restarts"] == 1
     assert killer.killed not in killer.collector.worker_pids  # worker 0 is a new actor
     assert len(killer.seen_pids) == 3
+    assert wait_until_gone([killer.killed]) == []
+    # The learn() went well: the two actors it ended with wait for the next one, until they are stopped.
+    assert all(process_exists(pid) for pid in killer.collector.worker_pids)
+    ray_backend.stop_idle_ray_workers()
     assert wait_until_gone(sorted(killer.seen_pids)) == []
 
 
@@ -152,3 +156,73 @@ def test_large_parameters_go_through_the_object_store(monkeypatch):
     model = A3C("MlpPolicy", "CartPole-v1", **FAST).learn(1_000)
     assert model._n_updates >= 1_000 // 10
     assert set(puts) == {"ObjectRef"} and len(puts) == model._n_updates + 1  # the first, then one per update
+
+
+class ActorPids(BaseCallback):
+    """The pids of the actors a learn() ran its workers in."""
+
+    def _on_training_start(self) -> None:
+        self.collector = self.locals["collector"]
+
+    def _on_step(self) -> bool:
+        self.pids = sorted(self.collector.worker_pids)
+        return True
+
+
+def train_in(model, timesteps: int = 500) -> list[int]:
+    pids = ActorPids()
+    model.learn(timesteps, callback=pids)
+    assert model.num_timesteps >= timesteps
+    return pids.pids
+
+
+def test_a_later_learn_of_any_model_builds_its_workers_anew_in_the_actors_the_last_one_kept():
+    ray_backend.stop_idle_ray_workers()
+    model = A3C("MlpPolicy", "CartPole-v1", **FAST)
+    first = train_in(model)
+    assert train_in(model) == first and len(first) == 2
+    # Another model, another algorithm and a policy of another size (the actor would refuse a gradient of the
+    # wrong length): the workers are built from its settings, in the same processes.
+    other = OffPolicyAC("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), learning_starts=20, **FAST)
+    assert train_in(other) == first
+    # One that died while it waited is replaced by a new actor, and not counted as a restart.
+    os.kill(first[0], signal.SIGKILL)
+    assert wait_until_gone([first[0]]) == []
+    after_the_death = train_in(model)
+    assert first[1] in after_the_death and first[0] not in after_the_death and model.worker_restarts == 0
+    ray_backend.stop_idle_ray_workers()
+    assert wait_until_gone(after_the_death) == []
+    assert len(ray_backend.IDLE_ACTORS) == 0
+
+
+def test_kept_actors_that_cannot_build_the_next_workers_are_an_error_and_are_stopped():
+    ray_backend.stop_idle_ray_workers()
+    kept = train_in(A3C("MlpPolicy", "CartPole-v1", **FAST))
+    model = A3C("MlpPolicy", functools.partial(CartPoleBuiltOnlyIn, pid=os.getpid()), **FAST)
+    with pytest.raises(WorkerError, match="raised an exception while it built its envs and policy") as error:
+        model.learn(500)
+    assert "this env cannot be built in a worker" in str(error.value)
+    assert wait_until_gone(kept) == [] and len(ray_backend.IDLE_ACTORS) == 0
+
+
+def test_idle_actors_that_ask_for_other_resources_are_stopped_before_new_ones_are_made():
+    # The test's Ray has 4 CPUs: 2 idle actors of 1 CPU each would leave no room for 2 of 2 CPUs each.
+    ray_backend.stop_idle_ray_workers()
+    kept = train_in(A3C("MlpPolicy", "CartPole-v1", **FAST))
+    bigger = train_in(A3C("MlpPolicy", "CartPole-v1", ray_actor_options={"num_cpus": 2}, **FAST))
+    assert wait_until_gone(kept) == [] and set(bigger).isdisjoint(kept)
+    ray_backend.stop_idle_ray_workers()
+    assert wait_until_gone(bigger) == []
+
+
+def test_a_kept_actor_still_busy_with_a_hanging_call_is_replaced_after_worker_timeout(tmp_path):
+    # One worker of 5-step segments: learn(50) ends with the call for steps 51-55 in flight, and it hangs at step 53.
+    ray_backend.stop_idle_ray_workers()
+    env = functools.partial(HangingEnv, hang_at=53, once_marker=str(tmp_path / "hung"))
+    model = A3C("MlpPolicy", env, worker_timeout=1.0, **dict(FAST, n_workers=1))
+    hanging = train_in(model, 50)
+    with pytest.warns(UserWarning, match=r"worker 0: the actor kept from the last learn\(\) did not answer within 1 s"):
+        replacement = train_in(model, 50)
+    assert replacement != hanging and wait_until_gone(hanging) == [] and model.worker_restarts == 0
+    ray_backend.stop_idle_ray_workers()
+    assert wait_until_gone(replacement) == []

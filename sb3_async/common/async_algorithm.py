@@ -591,6 +591,7 @@ class AsyncAlgorithmMixin(_Host):
         path = self._update_path = self._start_update_path(total_timesteps, flat_params, flat_gradient)
         collector = path.collector
         restarts_before = self.worker_restarts
+        went_well = False
         with sigterm_raises_system_exit():
             try:
                 callback.on_training_start(locals(), globals())
@@ -622,9 +623,10 @@ class AsyncAlgorithmMixin(_Host):
                             window = _LogWindow(idle_seconds_at_start=collector.idle_seconds)
                 if report is not None and not stopped_by_callback:
                     self._on_steps_reached(path, report, flat_params, flat_gradient)
+                went_well = True
             finally:
                 try:
-                    path.close()  # the workers stop; the policy and its optimizer are SB3's again
+                    path.close(went_well)  # the workers stop (or wait for the next learn()); the policy is SB3's again
                 finally:
                     th.set_num_threads(user_threads)
                     self._update_path = None

@@ -55,13 +55,19 @@ class UpdatePath:
         if self.flat_state is not None:
             self.flat_state.copy_to(self.policy.optimizer, self.params)
 
-    def close(self) -> None:
-        """Stop the workers, and give the policy back in SB3's form. Idempotent."""
+    def close(self, learn_went_well: bool = False) -> None:
+        """
+        Stop the workers (``learn_went_well``: the collector may keep them for the next ``learn()``), and
+        give the policy back in SB3's form. Idempotent.
+        """
         if self._closed:
             return
         self._closed = True
         try:
-            self.collector.close()
+            if learn_went_well:
+                self.collector.end()
+            else:
+                self.collector.close()
         finally:
             self._restore_policy()
             self.optimizer_state_to_sb3()

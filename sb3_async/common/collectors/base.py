@@ -480,6 +480,10 @@ class GradientCollector(ABC):
     def close(self) -> None:
         """Stop every worker and free every resource. Idempotent."""
 
+    def end(self) -> None:
+        """As :meth:`close`, when ``learn()`` went as it should: a backend may keep its workers for the next one."""
+        self.close()
+
     def __enter__(self) -> "GradientCollector":
         return self
 

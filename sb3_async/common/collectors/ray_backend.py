@@ -27,8 +27,17 @@ at once, a dead node after its health checks (seconds). Within ``max_worker_rest
 takes its place, with new envs and the newest parameters. The learner does not wait for it to be
 built (seconds: a process, torch, the envs): its first call is queued at once, Ray runs it once the
 actor is up, and meanwhile the other actors' gradients go on being applied.
+
+A new actor costs seconds (a process that imports torch and SB3); building its envs and policy, tens
+of milliseconds. So on a Ray the user started, the actors of a ``learn()`` that ends as it should
+outlive it, idle (:class:`IdleActors`), and the next ``learn()`` in this process that asks for actors
+with the same options, of any model, builds its workers in them: a later ``learn()`` starts in a
+fraction of a second instead of 3-4 s. They are built anew, so a worker starts as a new actor would
+(new envs, the newest settings and parameters, its seed); only the process is kept. A ``learn()``
+that raises stops its actors, and one that started Ray itself shuts it down with them.
 """
 
+import json
 import os
 import time
 import warnings
@@ -97,10 +106,19 @@ class RayWorker:
 
     def __init__(self, worker_id: int, spec_bytes: bytes, n_params: int, incarnation: int, n_workers: int) -> None:
         prepare_worker_process()
+        self._build(worker_id, spec_bytes, n_params, incarnation, n_workers)
+
+    def _build(self, worker_id: int, spec_bytes: bytes, n_params: int, incarnation: int, n_workers: int) -> None:
         self.core = WorkerCore(worker_id, cloudpickle.loads(spec_bytes), n_params, incarnation, n_workers)
         # The gradient, or an actor's trajectory (ActorLogic).
         self.gradient = th.zeros(self.core.spec.slot_size(n_params))
         self.buffer_change = th.zeros(0, dtype=th.float64)
+
+    def rebuild(self, worker_id: int, spec_bytes: bytes, n_params: int, incarnation: int, n_workers: int) -> tuple[str, int]:
+        """A kept actor's start in a later ``learn()``: envs and policy built anew, as a new actor's; then :meth:`where`."""
+        self.core.close()
+        self._build(worker_id, spec_bytes, n_params, incarnation, n_workers)
+        return self.where()
 
     def where(self) -> tuple[str, int]:
         """This actor's node id and process id."""
@@ -125,6 +143,71 @@ class RayWorker:
         report = GradientReport(core.worker_id, params_version, segment, core.new_statistics())
         # Serialized as this call returns, before the next call can overwrite them.
         return report, self.gradient.numpy(), self.buffer_change.numpy()
+
+
+def _options_key(options: dict[str, Any]) -> str:
+    return json.dumps(options, sort_keys=True, default=repr)
+
+
+class IdleActors:
+    """
+    The actors that outlived their ``learn()``, by their ``ray.remote`` options, on the Ray this process
+    is connected to; a ``learn()`` takes them before it creates new ones. Forgotten (they are gone
+    with it) when that Ray is shut down or this process reconnects. Idle actors still hold the
+    resources they asked for (a CPU each by default): a ``learn()`` that needs other options stops
+    them before it creates its own, and :func:`stop_idle_ray_workers` stops them all.
+    """
+
+    def __init__(self) -> None:
+        self._connection: tuple[str, ...] | None = None
+        self._by_options: dict[str, list[Any]] = {}
+
+    def _forget_if_reconnected(self, ray: Any) -> None:
+        connection = _connection(ray)
+        if connection != self._connection:
+            self._connection, self._by_options = connection, {}
+
+    def take(self, ray: Any, options: dict[str, Any]) -> Any:
+        """An idle actor made with ``options``, or None."""
+        self._forget_if_reconnected(ray)
+        idle = self._by_options.get(_options_key(options), [])
+        return idle.pop() if idle else None
+
+    def keep(self, ray: Any, options: dict[str, Any], actor: Any) -> None:
+        self._forget_if_reconnected(ray)
+        self._by_options.setdefault(_options_key(options), []).append(actor)
+
+    def stop(self, ray: Any, unless_options: list[dict[str, Any]] | None = None) -> None:
+        """Kill the idle actors, but those made with one of ``unless_options``."""
+        self._forget_if_reconnected(ray)
+        spared = {_options_key(options) for options in unless_options or []}
+        for key in [key for key in self._by_options if key not in spared]:
+            for actor in self._by_options.pop(key):
+                ray.kill(actor, no_restart=True)
+
+    def __len__(self) -> int:
+        return sum(len(actors) for actors in self._by_options.values())
+
+
+def _connection(ray: Any) -> tuple[str, ...] | None:
+    """Which Ray this process is connected to (its actors die with the connection), or None."""
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    return (str(context.gcs_address), context.get_session_name(), context.get_job_id())
+
+
+IDLE_ACTORS = IdleActors()
+
+
+def stop_idle_ray_workers() -> None:
+    """
+    Stop the Ray actors that ``learn()`` calls with ``backend="ray"`` kept for the next one (see
+    :class:`IdleActors`), freeing the resources they hold. Nothing to do without Ray.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        IDLE_ACTORS.stop(ray)
 
 
 class RayCollector(GradientCollector):
@@ -193,11 +276,22 @@ class RayCollector(GradientCollector):
             ray.init(**self._ray_init_kwargs)
             self._started_ray = True
         self._publish(*self._initial, version=0)
-        self._actors = [self._new_actor(worker_id) for worker_id in range(self.n_workers)]
+        # Idle actors made with other options would hold the resources these need.
+        IDLE_ACTORS.stop(ray, unless_options=self._actor_options)
+        kept = [IDLE_ACTORS.take(ray, options) for options in self._actor_options]
+        self._actors = [actor or self._new_actor(worker_id) for worker_id, actor in enumerate(kept)]
+        builds = [
+            self._actors[worker_id].where.remote() if actor is None else actor.rebuild.remote(*self._build_args(worker_id))
+            for worker_id, actor in enumerate(kept)
+        ]
         self.worker_locations = [(None, 0)] * self.n_workers
-        for worker_id, where in enumerate([actor.where.remote() for actor in self._actors]):
+        for worker_id, build in enumerate(builds):
+            location = None if kept[worker_id] is None else self._rebuilt_location(worker_id, build)
+            if kept[worker_id] is not None and location is None:  # as if none had been kept
+                self._actors[worker_id] = self._new_actor(worker_id)
+                build = self._actors[worker_id].where.remote()
             try:
-                self.worker_locations[worker_id] = self._wait_until_built(worker_id, where)
+                self.worker_locations[worker_id] = location or self._wait_until_built(worker_id, build)
             except WorkerDied as died:
                 raise WorkerError(worker_id, died.reason) from None
         for worker_id in range(self.n_workers):
@@ -205,9 +299,12 @@ class RayCollector(GradientCollector):
             for _ in range(self._calls_per_worker):
                 self._submit(worker_id)
 
+    def _build_args(self, worker_id: int) -> tuple[int, bytes, int, int, int]:
+        return worker_id, self._spec_bytes, self._n_params, self._incarnations[worker_id], self.n_workers
+
     def _new_actor(self, worker_id: int) -> Any:
         remote_class = self._ray.remote(RayWorker).options(**self._actor_options[worker_id])
-        return remote_class.remote(worker_id, self._spec_bytes, self._n_params, self._incarnations[worker_id], self.n_workers)
+        return remote_class.remote(*self._build_args(worker_id))
 
     def _wait_until_built(self, worker_id: int, where: Any) -> tuple[str, int]:
         ray = self._ray
@@ -232,6 +329,28 @@ class RayCollector(GradientCollector):
                 warnings.warn(
                     f"sb3_async Ray worker {worker_id} has not started after {waited:.0f} s: it {resources}", stacklevel=2
                 )
+
+    def _rebuilt_location(self, worker_id: int, rebuild: Any) -> tuple[str, int] | None:
+        """
+        Where a kept actor runs once it has built its worker; None if it died while idle, or did not answer within
+        ``worker_timeout`` (a call of the last ``learn()`` that hangs, say: it is killed).
+        """
+        ray = self._ray
+        try:
+            return ray.get(rebuild, timeout=self.silence.timeout)
+        except ray.exceptions.GetTimeoutError:
+            warnings.warn(
+                f"sb3_async Ray worker {worker_id}: the actor kept from the last learn() did not answer within "
+                f"{self.silence.timeout:.0f} s (a call of that learn() still runs: an env whose step hangs, say); "
+                f"it is stopped and a new actor takes its place",
+                stacklevel=3,
+            )
+            ray.kill(self._actors[worker_id], no_restart=True)
+            return None
+        except ray.exceptions.RayActorError:
+            return None
+        except ray.exceptions.RayTaskError as error:
+            raise WorkerError(worker_id, "raised an exception while it built its envs and policy", str(error)) from None
 
     def _submit(self, worker_id: int) -> None:
         call = self._actors[worker_id].compute_gradient.remote(self._published, self._last_answer[worker_id])
@@ -336,6 +455,25 @@ class RayCollector(GradientCollector):
         # Queued now, run by Ray once the actor is built; a replacement that dies building fails them, and is replaced.
         for _ in range(self._calls_per_worker):
             self._submit(worker_id)
+
+    def end(self) -> None:
+        """
+        ``learn()`` is over and went as it should: on a Ray the user started, the actors heard from
+        lately go idle for the next ``learn()`` (:class:`IdleActors`); the rest stop as in :meth:`close`.
+        """
+        if self._closed or self._started_ray:
+            return self.close()
+        ray = self._ray
+        # The calls in flight run their segments, unread, before a later learn()'s rebuild: not cancelled, since
+        # cancelling a queued actor call can stall the calls behind it (ray-project/ray#60850, #66020).
+        self._pending.clear()
+        # A silent actor's call may never return, and a later learn() would wait behind it.
+        silent = self.silence.silent | {worker_id for worker_id, _ in self.silence.newly_silent()}
+        for worker_id, actor in enumerate(self._actors):
+            if worker_id not in silent:
+                IDLE_ACTORS.keep(ray, self._actor_options[worker_id], actor)
+        self._actors = [actor for worker_id, actor in enumerate(self._actors) if worker_id in silent]
+        self.close()
 
     def close(self) -> None:
         if self._closed:
