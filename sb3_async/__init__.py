@@ -5,6 +5,7 @@ from sb3_async.async_q import AsyncQLearning
 from sb3_async.async_sarsa import AsyncSARSA
 from sb3_async.common.async_algorithm import NonFiniteTrainingError
 from sb3_async.common.collectors import WorkerError
+from sb3_async.common.collectors.ray_backend import stop_idle_ray_workers
 from sb3_async.impala import IMPALA
 from sb3_async.offpac import OffPolicyAC
 
@@ -19,4 +20,5 @@ __all__ = [
     "OffPolicyAC",
     "WorkerError",
     "__version__",
+    "stop_idle_ray_workers",
 ]
