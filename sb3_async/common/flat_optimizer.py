@@ -121,6 +121,19 @@ class FlatOptimizerState:
             optimizer.state[param] = run_state
         return optimizer
 
+    def step(self, flat_params: th.Tensor, flat_gradient: th.Tensor, lr: float) -> None:
+        """
+        What ``optimizer_over(flat_params).step()`` does with ``flat_gradient`` at learning rate ``lr``,
+        without a torch optimizer: building or stepping one imports ``torch._dynamo`` (about 1.4 s), which
+        the workers that apply their own updates then need not import (see :mod:`sb3_async.common.forkserver`).
+        """
+        for (start, stop), run_state in zip(self.runs, self.state, strict=True):
+            param, grad = flat_params[start:stop], flat_gradient[start:stop]
+            if issubclass(self.optimizer_class, th.optim.RMSprop):
+                _rmsprop_step(param, grad, run_state, lr, self.hyperparameters)
+            else:
+                _adam_step(param, grad, run_state, lr, self.hyperparameters, self.optimizer_class)
+
     def set_gradient(self, optimizer: th.optim.Optimizer, flat_gradient: th.Tensor) -> None:
         """Point the ``.grad`` of :meth:`optimizer_over`'s parameters at their runs of ``flat_gradient``."""
         for param, (start, stop) in zip(optimizer.param_groups[0]["params"], self.runs, strict=True):
@@ -142,3 +155,55 @@ class FlatOptimizerState:
                     else value[param_start - start : param_stop - start].view_as(param).clone().to(param.device)
                     for key, value in run_state.items()
                 }
+
+
+# torch's single-tensor steps (torch/optim/rmsprop.py, adam.py), op for op, for a real CPU tensor that
+# is neither differentiable nor capturable; tests/test_flat_optimizer.py holds them to torch's optimizers.
+
+
+def _rmsprop_step(param: th.Tensor, grad: th.Tensor, state: dict[str, th.Tensor], lr: float, group: dict[str, Any]) -> None:
+    grad = -grad if group.get("maximize", False) else grad
+    state["step"] += 1
+    if group["weight_decay"] != 0:
+        grad = grad.add(param, alpha=group["weight_decay"])
+    alpha, square_avg = group["alpha"], state["square_avg"]
+    square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+    if group.get("centered", False):
+        grad_avg = state["grad_avg"]
+        grad_avg.lerp_(grad, 1 - alpha)
+        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+    else:
+        avg = square_avg.sqrt()
+    avg = avg.add_(group["eps"])
+    if group.get("momentum", 0) > 0:
+        buffer = state["momentum_buffer"]
+        buffer.mul_(group["momentum"]).addcdiv_(grad, avg)
+        param.add_(buffer, alpha=-lr)
+    else:
+        param.addcdiv_(grad, avg, value=-lr)
+
+
+def _adam_step(
+    param: th.Tensor, grad: th.Tensor, state: dict[str, th.Tensor], lr: float, group: dict[str, Any], optimizer_class: type
+) -> None:
+    grad = -grad if group.get("maximize", False) else grad
+    state["step"] += 1
+    weight_decay = group["weight_decay"]
+    if weight_decay != 0:
+        # AdamW decouples it (torch < 2.6 has no such key: AdamW was its own class then).
+        if group.get("decoupled_weight_decay", issubclass(optimizer_class, th.optim.AdamW)):
+            param.mul_(1 - lr * weight_decay)
+        else:
+            grad = grad.add(param, alpha=weight_decay)
+    beta1, beta2 = group["betas"]
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step = state["step"].item()
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    if group.get("amsgrad", False):
+        th.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+        denom = (state["max_exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(group["eps"])
+    else:
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
+    param.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))

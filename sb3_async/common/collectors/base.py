@@ -96,6 +96,23 @@ class ActorLogic(ABC):
         """Run one segment with the freshly synced policy, write it into ``out`` (flat), and return what it saw."""
 
 
+class NoOptimizer:
+    """
+    The optimizer of a worker's policy copy, which nothing steps. SB3 policies build one when they are
+    built; a torch optimizer would import ``torch._dynamo`` (about 1.4 s) in every worker process.
+    """
+
+    def __init__(self, params: Any, lr: float = 0.0, **kwargs: Any) -> None:
+        self.param_groups = [{"params": list(params), "lr": lr, **kwargs}]
+        self.state: dict[Any, Any] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def step(self, closure: Any = None) -> None:
+        raise RuntimeError("a worker's policy copy has no optimizer: its gradients are applied to the shared parameters")
+
+
 @dataclass
 class WorkerSpec:
     """Everything a worker needs to build itself; cloudpickled once, at start."""
@@ -123,8 +140,10 @@ class WorkerSpec:
         return n_params if self.trajectory_size is None else self.trajectory_size
 
     def build_policy(self) -> BasePolicy:
-        # The local copy never steps an optimizer, so its learning rate does not matter.
-        policy = self.policy_class(self.observation_space, self.action_space, lambda _: 0.0, **self.policy_kwargs)
+        # The local copy never steps its own optimizer (the learner does, or the worker steps the shared state), so
+        # neither its learning rate nor its optimizer matter: a stand-in keeps torch's out of the worker.
+        policy_kwargs = {**self.policy_kwargs, "optimizer_class": NoOptimizer, "optimizer_kwargs": {}}
+        policy = self.policy_class(self.observation_space, self.action_space, lambda _: 0.0, **policy_kwargs)
         return policy.to("cpu")
 
 

@@ -222,16 +222,15 @@ class _Worker:
         buffer changes, a few numbers.
         """
         shared, core = self.shared, self.core
-        assert shared.optimizer_state is not None
-        optimizer = shared.optimizer_state.optimizer_over(shared.params)
+        optimizer_state = shared.optimizer_state
+        assert optimizer_state is not None
         flat_gradient = th.zeros_like(core.local_params)
-        shared.optimizer_state.set_gradient(optimizer, flat_gradient)
         buffer_change = th.zeros_like(shared.buffers)
 
         def apply(claimed: int, n_env_steps: int) -> None:
             # As SB3's learning rate for a rollout's update: counting the rollout's own steps.
-            optimizer.param_groups[0]["lr"] = settings.lr_schedule(settings.progress_remaining(claimed + n_env_steps))
-            optimizer.step()
+            lr = settings.lr_schedule(settings.progress_remaining(claimed + n_env_steps))
+            optimizer_state.step(shared.params, flat_gradient, lr)
 
         while True:
             answers.read_those_already_sent()

@@ -1,0 +1,88 @@
+"""
+The step that workers take on the shared optimizer state (``FlatOptimizerState.step``, code of our
+own so that no worker builds a torch optimizer) is torch's optimizer step, and the workers indeed
+never import ``torch._dynamo``.
+"""
+
+import sys
+
+import gymnasium as gym
+import pytest
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_async import A3C, IMPALA, AsyncQLearning, OffPolicyAC
+from sb3_async.common.flat_optimizer import FlatOptimizerState
+from tests.test_hogwild import assert_same_optimizer_state, flat
+
+
+@pytest.mark.parametrize(
+    "optimizer_class, hyperparameters",
+    [
+        (th.optim.RMSprop, dict(alpha=0.99, eps=1e-5, weight_decay=0)),  # A3C's (SB3's A2C's)
+        (th.optim.RMSprop, dict(alpha=0.9, eps=1e-3, weight_decay=0.01, momentum=0.9, centered=True)),
+        (th.optim.RMSprop, dict(maximize=True)),
+        (th.optim.Adam, dict()),
+        (th.optim.Adam, dict(betas=(0.8, 0.95), eps=1e-6, weight_decay=0.01, amsgrad=True)),
+        (th.optim.AdamW, dict(weight_decay=0.05)),
+        (th.optim.Adam, dict(maximize=True)),
+    ],
+)
+def test_the_shared_states_step_is_torchs_optimizer_step(optimizer_class, hyperparameters):
+    th.manual_seed(0)
+    # The optimizer steps the first and third tensors; the second (a target network, say) lies between them.
+    params = [th.nn.Parameter(th.randn(3, 2)), th.nn.Parameter(th.randn(5)), th.nn.Parameter(th.randn(4))]
+    stepped = [params[0], params[2]]
+    optimizer = optimizer_class(stepped, lr=0.1, **hyperparameters)
+    shared = FlatOptimizerState.of(optimizer, params)
+    flat_params = flat(params)
+    for lr in (0.1, 0.05, 0.02, 0.01, 0.005):
+        gradient = th.randn(flat_params.numel())
+        shared.step(flat_params, gradient, lr)
+        for param, piece in zip(params, th.split(gradient, [param.numel() for param in params]), strict=True):
+            param.grad = piece.view_as(param).clone()
+        optimizer.param_groups[0]["lr"] = lr
+        optimizer.step()
+    assert th.equal(flat_params, flat(params))
+    shared.copy_to(reference := optimizer_class(stepped, lr=0.1, **hyperparameters), params)
+    assert_same_optimizer_state(optimizer, reference)
+
+
+class DynamoWitness(gym.Wrapper):
+    """CartPole whose infos say whether the process that steps it (a worker) has imported torch._dynamo."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, "dynamo": "torch._dynamo" in sys.modules}
+
+
+class RecordDynamo(BaseCallback):
+    def _on_training_start(self) -> None:
+        self.seen: set[bool] = set()
+
+    def _on_step(self) -> bool:
+        self.seen.update(info["dynamo"] for info in self.locals["infos"])
+        return True
+
+
+@pytest.mark.parametrize(
+    "make_model",
+    [
+        lambda: A3C("MlpPolicy", DynamoWitness, n_workers=2, n_steps=5, device="cpu"),  # locked: workers step the state
+        lambda: A3C("MlpPolicy", DynamoWitness, n_workers=2, n_steps=5, update_mode="learner", device="cpu"),
+        lambda: AsyncQLearning("MlpPolicy", DynamoWitness, n_workers=2, train_freq=5, device="cpu"),
+        lambda: OffPolicyAC("MlpPolicy", DynamoWitness, n_workers=2, learning_starts=20, batch_size=10, device="cpu"),
+        lambda: IMPALA("MlpPolicy", DynamoWitness, n_workers=2, batch_size=2, device="cpu"),
+    ],
+    ids=["a3c-locked", "a3c-learner", "async_q-locked", "offpac", "impala"],
+)
+def test_workers_never_import_torch_dynamo(make_model, no_leaks):
+    # It is what the first torch optimizer of a process imports, about 1.4 s: a worker that needs it starts that much later.
+    model = make_model()
+    assert "torch._dynamo" in sys.modules  # the learner's optimizer
+    record = RecordDynamo()
+    model.learn(1_000, callback=record)
+    assert record.seen == {False}
