@@ -10,6 +10,7 @@ import gymnasium as gym
 import pytest
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_async import A3C, IMPALA, AsyncQLearning, OffPolicyAC
 from sb3_async.common.flat_optimizer import FlatOptimizerState
@@ -21,10 +22,12 @@ from tests.test_hogwild import assert_same_optimizer_state, flat
     [
         (th.optim.RMSprop, dict(alpha=0.99, eps=1e-5, weight_decay=0)),  # A3C's (SB3's A2C's)
         (th.optim.RMSprop, dict(alpha=0.9, eps=1e-3, weight_decay=0.01, momentum=0.9, centered=True)),
+        (th.optim.RMSprop, dict(centered=True)),
         (th.optim.RMSprop, dict(maximize=True)),
         (th.optim.Adam, dict()),
         (th.optim.Adam, dict(betas=(0.8, 0.95), eps=1e-6, weight_decay=0.01, amsgrad=True)),
         (th.optim.AdamW, dict(weight_decay=0.05)),
+        (th.optim.AdamW, dict(weight_decay=0.05, amsgrad=True)),
         (th.optim.Adam, dict(maximize=True)),
     ],
 )
@@ -46,6 +49,42 @@ def test_the_shared_states_step_is_torchs_optimizer_step(optimizer_class, hyperp
     assert th.equal(flat_params, flat(params))
     shared.copy_to(reference := optimizer_class(stepped, lr=0.1, **hyperparameters), params)
     assert_same_optimizer_state(optimizer, reference)
+
+
+class HalfStepRMSprop(th.optim.RMSprop):
+    """A subclass that steps otherwise than RMSprop's maths: half the learning rate."""
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            group["lr"] /= 2
+        super().step(closure)
+        for group in self.param_groups:
+            group["lr"] *= 2
+
+
+def test_a_subclass_of_a_shared_optimizer_steps_with_its_own_step():
+    params = [th.nn.Parameter(th.randn(6))]
+    optimizer = HalfStepRMSprop(params, lr=0.1)
+    shared = FlatOptimizerState.of(optimizer, params)
+    flat_params, gradient = flat(params), th.randn(6)
+    shared.stepper_over(flat_params, gradient)(0.1)
+    params[0].grad = gradient.clone()
+    optimizer.step()
+    assert th.equal(flat_params, flat(params))
+
+
+class PolicyWithItsOwnOptimizer(ActorCriticPolicy):
+    """A custom policy that sets its optimizer itself: the workers cannot give its copy a stand-in."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.pop("optimizer_class", None)
+        super().__init__(*args, optimizer_class=th.optim.SGD, **kwargs)
+        assert self.optimizer.param_groups[0]["params"]
+
+
+def test_a_policy_that_sets_its_own_optimizer_still_builds_in_the_workers(no_leaks):
+    model = A3C(PolicyWithItsOwnOptimizer, "CartPole-v1", n_workers=2, n_steps=5, device="cpu").learn(500)
+    assert model.num_timesteps >= 500 and isinstance(model.policy.optimizer, th.optim.SGD)
 
 
 class DynamoWitness(gym.Wrapper):

@@ -10,7 +10,7 @@ and workers that apply their own updates step it in shared memory (:mod:`sb3_asy
 the parameters the optimizer steps: a DQN policy's target network is in the vector, not in its optimizer.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +133,23 @@ class FlatOptimizerState:
                 _rmsprop_step(param, grad, run_state, lr, self.hyperparameters)
             else:
                 _adam_step(param, grad, run_state, lr, self.hyperparameters, self.optimizer_class)
+
+    def stepper_over(self, flat_params: th.Tensor, flat_gradient: th.Tensor) -> Callable[[float], None]:
+        """
+        A step of this state over ``flat_params`` with ``flat_gradient``, at the learning rate it is called
+        with: :meth:`step` for RMSprop, Adam and AdamW themselves; for a subclass, which may step otherwise,
+        its own ``step()`` (through :meth:`optimizer_over`).
+        """
+        if self.optimizer_class in FLAT_OPTIMIZERS:
+            return lambda lr: self.step(flat_params, flat_gradient, lr)
+        optimizer = self.optimizer_over(flat_params)
+        self.set_gradient(optimizer, flat_gradient)
+
+        def step(lr: float) -> None:
+            optimizer.param_groups[0]["lr"] = lr
+            optimizer.step()
+
+        return step
 
     def set_gradient(self, optimizer: th.optim.Optimizer, flat_gradient: th.Tensor) -> None:
         """Point the ``.grad`` of :meth:`optimizer_over`'s parameters at their runs of ``flat_gradient``."""

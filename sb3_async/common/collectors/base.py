@@ -109,6 +109,15 @@ class NoOptimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         pass
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.param_groups.append(param_group)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": {}, "param_groups": []}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
     def step(self, closure: Any = None) -> None:
         raise RuntimeError("a worker's policy copy has no optimizer: its gradients are applied to the shared parameters")
 
@@ -143,7 +152,10 @@ class WorkerSpec:
         # The local copy never steps its own optimizer (the learner does, or the worker steps the shared state), so
         # neither its learning rate nor its optimizer matter: a stand-in keeps torch's out of the worker.
         policy_kwargs = {**self.policy_kwargs, "optimizer_class": NoOptimizer, "optimizer_kwargs": {}}
-        policy = self.policy_class(self.observation_space, self.action_space, lambda _: 0.0, **policy_kwargs)
+        try:
+            policy = self.policy_class(self.observation_space, self.action_space, lambda _: 0.0, **policy_kwargs)
+        except (TypeError, AttributeError):  # a custom policy that sets its own optimizer, or uses it while it builds
+            policy = self.policy_class(self.observation_space, self.action_space, lambda _: 0.0, **self.policy_kwargs)
         return policy.to("cpu")
 
 

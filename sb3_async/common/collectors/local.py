@@ -226,11 +226,11 @@ class _Worker:
         assert optimizer_state is not None
         flat_gradient = th.zeros_like(core.local_params)
         buffer_change = th.zeros_like(shared.buffers)
+        step = optimizer_state.stepper_over(shared.params, flat_gradient)
 
         def apply(claimed: int, n_env_steps: int) -> None:
             # As SB3's learning rate for a rollout's update: counting the rollout's own steps.
-            lr = settings.lr_schedule(settings.progress_remaining(claimed + n_env_steps))
-            optimizer_state.step(shared.params, flat_gradient, lr)
+            step(settings.lr_schedule(settings.progress_remaining(claimed + n_env_steps)))
 
         while True:
             answers.read_those_already_sent()

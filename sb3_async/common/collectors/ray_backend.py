@@ -152,10 +152,10 @@ def _options_key(options: dict[str, Any]) -> str:
 class IdleActors:
     """
     The actors that outlived their ``learn()``, by their ``ray.remote`` options, on the Ray this process
-    is connected to; a ``learn()`` takes them before it creates new ones. Forgotten (they are gone
-    with it) when that Ray is shut down or this process reconnects. Idle actors still hold the
-    resources they asked for (a CPU each by default): a ``learn()`` that needs other options stops
-    them before it creates its own, and :func:`stop_idle_ray_workers` stops them all.
+    is connected to; a ``learn()`` takes those it can use, and stops the others before it creates new
+    ones, since idle actors still hold the resources they asked for (a CPU each by default).
+    Forgotten (they are gone with it) when that Ray is shut down or this process reconnects;
+    :func:`stop_idle_ray_workers` stops them all.
     """
 
     def __init__(self) -> None:
@@ -177,13 +177,13 @@ class IdleActors:
         self._forget_if_reconnected(ray)
         self._by_options.setdefault(_options_key(options), []).append(actor)
 
-    def stop(self, ray: Any, unless_options: list[dict[str, Any]] | None = None) -> None:
-        """Kill the idle actors, but those made with one of ``unless_options``."""
+    def stop(self, ray: Any) -> None:
+        """Kill every idle actor."""
         self._forget_if_reconnected(ray)
-        spared = {_options_key(options) for options in unless_options or []}
-        for key in [key for key in self._by_options if key not in spared]:
-            for actor in self._by_options.pop(key):
+        for actors in self._by_options.values():
+            for actor in actors:
                 ray.kill(actor, no_restart=True)
+        self._by_options = {}
 
     def __len__(self) -> int:
         return sum(len(actors) for actors in self._by_options.values())
@@ -276,17 +276,17 @@ class RayCollector(GradientCollector):
             ray.init(**self._ray_init_kwargs)
             self._started_ray = True
         self._publish(*self._initial, version=0)
-        # Idle actors made with other options would hold the resources these need.
-        IDLE_ACTORS.stop(ray, unless_options=self._actor_options)
         kept = [IDLE_ACTORS.take(ray, options) for options in self._actor_options]
+        IDLE_ACTORS.stop(ray)  # the idle actors left over would hold resources that new ones may need
         self._actors = [actor or self._new_actor(worker_id) for worker_id, actor in enumerate(kept)]
         builds = [
             self._actors[worker_id].where.remote() if actor is None else actor.rebuild.remote(*self._build_args(worker_id))
             for worker_id, actor in enumerate(kept)
         ]
+        rebuilt = self._rebuilt_locations({worker_id: builds[worker_id] for worker_id, actor in enumerate(kept) if actor})
         self.worker_locations = [(None, 0)] * self.n_workers
         for worker_id, build in enumerate(builds):
-            location = None if kept[worker_id] is None else self._rebuilt_location(worker_id, build)
+            location = rebuilt.get(worker_id)
             if kept[worker_id] is not None and location is None:  # as if none had been kept
                 self._actors[worker_id] = self._new_actor(worker_id)
                 build = self._actors[worker_id].where.remote()
@@ -330,27 +330,35 @@ class RayCollector(GradientCollector):
                     f"sb3_async Ray worker {worker_id} has not started after {waited:.0f} s: it {resources}", stacklevel=2
                 )
 
-    def _rebuilt_location(self, worker_id: int, rebuild: Any) -> tuple[str, int] | None:
+    def _rebuilt_locations(self, rebuilds: dict[int, Any]) -> dict[int, tuple[str, int]]:
         """
-        Where a kept actor runs once it has built its worker; None if it died while idle, or did not answer within
-        ``worker_timeout`` (a call of the last ``learn()`` that hangs, say: it is killed).
+        Where each kept actor runs once it has built its worker, by worker id; left out: those that died while idle,
+        or did not answer within ``worker_timeout`` (a call of the last ``learn()`` that hangs, say), all waited for
+        at once. Those are killed, and new actors take their places.
         """
         ray = self._ray
-        try:
-            return ray.get(rebuild, timeout=self.silence.timeout)
-        except ray.exceptions.GetTimeoutError:
-            warnings.warn(
-                f"sb3_async Ray worker {worker_id}: the actor kept from the last learn() did not answer within "
-                f"{self.silence.timeout:.0f} s (a call of that learn() still runs: an env whose step hangs, say); "
-                f"it is stopped and a new actor takes its place",
-                stacklevel=3,
-            )
-            ray.kill(self._actors[worker_id], no_restart=True)
-            return None
-        except ray.exceptions.RayActorError:
-            return None
-        except ray.exceptions.RayTaskError as error:
-            raise WorkerError(worker_id, "raised an exception while it built its envs and policy", str(error)) from None
+        if not rebuilds:
+            return {}
+        answered, _ = ray.wait(list(rebuilds.values()), num_returns=len(rebuilds), timeout=self.silence.timeout)
+        locations = {}
+        for worker_id, rebuild in rebuilds.items():
+            try:
+                if rebuild not in answered:
+                    warnings.warn(
+                        f"sb3_async Ray worker {worker_id}: the actor kept from the last learn() did not answer within "
+                        f"{self.silence.timeout:.0f} s (a call of that learn() still runs: an env whose step hangs, "
+                        f"say); it is stopped and a new actor takes its place",
+                        stacklevel=3,
+                    )
+                else:
+                    locations[worker_id] = ray.get(rebuild)
+            except ray.exceptions.RayActorError:  # it died while idle (or Ray cannot reach it: stopped all the same)
+                pass
+            except ray.exceptions.RayTaskError as error:
+                raise WorkerError(worker_id, "raised an exception while it built its envs and policy", str(error)) from None
+            if worker_id not in locations:
+                ray.kill(self._actors[worker_id], no_restart=True)
+        return locations
 
     def _submit(self, worker_id: int) -> None:
         call = self._actors[worker_id].compute_gradient.remote(self._published, self._last_answer[worker_id])
