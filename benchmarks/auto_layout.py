@@ -19,6 +19,7 @@ from sb3_async import A3C
 from sb3_async.zoo.minatar import register_minatar_envs
 from sb3_async.common.worker_layout import WorkerLayout
 from sb3_async.common.wrappers import RandomLatency
+from timing import steady_steps_per_second
 
 
 def slow_cartpole() -> gym.Env:
@@ -39,10 +40,7 @@ def envs() -> dict[str, tuple]:
 
 def steps_per_second(env, policy: str, n_workers, envs_per_worker, timesteps: int, seed: int) -> float:
     model = A3C(policy, env, n_workers=n_workers, envs_per_worker=envs_per_worker, seed=seed, device="cpu")
-    model.learn(1_000)  # start-up is not throughput
-    started = time.perf_counter()
-    model.learn(timesteps, reset_num_timesteps=False)
-    return timesteps / (time.perf_counter() - started)
+    return steady_steps_per_second(model, timesteps, warmup=1_000)
 
 
 def main() -> None:

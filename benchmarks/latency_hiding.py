@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from sb3_async import A3C
 from sb3_async.common.wrappers import RandomLatency
+from timing import steady_steps_per_second
 
 
 def slow_cartpole() -> gym.Env:
@@ -33,10 +34,7 @@ def steps_per_second(env, n_workers: int, envs_per_worker: int, timesteps: int, 
         "MlpPolicy", env, n_workers=n_workers, envs_per_worker=envs_per_worker, seed=seed, device="cpu",
         update_mode=update_mode,
     )  # fmt: skip
-    model.learn(2_000)  # start-up is not throughput
-    started = time.perf_counter()
-    model.learn(timesteps, reset_num_timesteps=False)
-    return timesteps / (time.perf_counter() - started)
+    return steady_steps_per_second(model, timesteps, warmup=2_000)
 
 
 def a2c_subproc_steps_per_second(timesteps: int, seed: int) -> float:

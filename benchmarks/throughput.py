@@ -22,6 +22,7 @@ from stable_baselines3 import A2C
 from stable_baselines3.common.env_util import make_vec_env
 
 from bare_a2c_loop import bare_a2c_steps_per_second
+from timing import steady_steps_per_second
 from sb3_async import A3C
 
 
@@ -37,10 +38,7 @@ def a3c_steps_per_second(n_workers: int, envs_per_worker: int, timesteps: int, s
     model = A3C(
         "MlpPolicy", "CartPole-v1", n_workers=n_workers, envs_per_worker=envs_per_worker, seed=seed, device="cpu", **options
     )  # fmt: skip
-    model.learn(2_000)  # start-up (processes, first episodes) is not throughput
-    started = time.perf_counter()
-    model.learn(timesteps, reset_num_timesteps=False)
-    return timesteps / (time.perf_counter() - started)
+    return steady_steps_per_second(model, timesteps, warmup=2_000)
 
 
 def sb3_a2c_steps_per_second(n_envs: int, timesteps: int, seed: int) -> float:

@@ -21,6 +21,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_async import A3C
 from sb3_async.common.normalization import NormalizationStatistics, WorkerVecNormalize
+from timing import steady_steps_per_second
 
 SETTINGS = dict(norm_obs=True, norm_reward=True, gamma=0.99)
 
@@ -49,10 +50,7 @@ def a3c_steps_per_second(normalize: bool, timesteps: int, seed: int) -> float:
     if normalize:
         env = VecNormalize(env, **SETTINGS)
     model = A3C("MlpPolicy", env, learning_rate=0.0, seed=seed, device="cpu")
-    model.learn(100)  # start-up (processes, first episodes) is not throughput
-    started = time.perf_counter()
-    model.learn(timesteps)
-    return timesteps / (time.perf_counter() - started)
+    return steady_steps_per_second(model, timesteps, warmup=100)
 
 
 def main() -> None:

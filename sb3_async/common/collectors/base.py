@@ -99,24 +99,12 @@ class ActorLogic(ABC):
 class NoOptimizer:
     """
     The optimizer of a worker's policy copy, which nothing steps. SB3 policies build one when they are
-    built; a torch optimizer would import ``torch._dynamo`` (about 1.4 s) in every worker process.
+    built; a torch optimizer would import ``torch._dynamo`` (about 1.4 s) in every worker process. A
+    policy that uses more of its optimizer while it builds is built with its own (``build_policy``).
     """
 
     def __init__(self, params: Any, lr: float = 0.0, **kwargs: Any) -> None:
         self.param_groups = [{"params": list(params), "lr": lr, **kwargs}]
-        self.state: dict[Any, Any] = {}
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        pass
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        self.param_groups.append(param_group)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"state": {}, "param_groups": []}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        pass
 
     def step(self, closure: Any = None) -> None:
         raise RuntimeError("a worker's policy copy has no optimizer: its gradients are applied to the shared parameters")
