@@ -1,7 +1,7 @@
 """
 The step that workers take on the shared optimizer state (``FlatOptimizerState.step``, code of our
 own so that no worker builds a torch optimizer) is torch's optimizer step, and the workers indeed
-never import ``torch._dynamo``.
+never import ``torch._dynamo``; what else a worker skips at start-up because it cannot matter.
 """
 
 import sys
@@ -10,10 +10,13 @@ import gymnasium as gym
 import pytest
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_async import A3C, IMPALA, AsyncQLearning, OffPolicyAC
 from sb3_async.common.flat_optimizer import FlatOptimizerState
+from sb3_async.common.forkserver import preloadable
+from sb3_async.common.worker_envs import env_modules
 from tests.test_hogwild import assert_same_optimizer_state, flat
 
 
@@ -128,3 +131,35 @@ def test_workers_never_import_torch_dynamo(make_model, no_leaks):
     record = RecordDynamo()
     model.learn(1_000, callback=record)
     assert record.seen == {False}
+
+
+def test_a_workers_policy_copy_skips_the_initialization_its_parameters_replace(monkeypatch):
+    model = A3C("MlpPolicy", "CartPole-v1", n_workers=1, device="cpu")
+    orthogonal_calls = []
+    original = th.nn.init.orthogonal_
+    monkeypatch.setattr(
+        th.nn.init, "orthogonal_", lambda *args, **kwargs: orthogonal_calls.append(1) or original(*args, **kwargs)
+    )
+    worker_copy = model._worker_spec().build_policy()
+    assert orthogonal_calls == []
+    assert type(worker_copy) is type(model.policy)
+    assert [p.shape for p in worker_copy.parameters()] == [p.shape for p in model.policy.parameters()]
+    A3C("MlpPolicy", "CartPole-v1", n_workers=1, device="cpu")
+    assert orthogonal_calls, "the learner's own policy is initialized as SB3 initializes it"
+
+
+class CustomCartPole(gym.Wrapper):
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+
+    @property
+    def unwrapped(self) -> gym.Env:
+        return self
+
+
+def test_the_workers_server_preloads_gymnasiums_env_modules_and_no_others():
+    assert env_modules(make_vec_env("CartPole-v1", n_envs=2)) == ["gymnasium.envs.classic_control.cartpole"]
+    assert preloadable("gymnasium.envs.classic_control.cartpole")
+    # A user's module is imported by each worker, never by the server that every worker forks from.
+    assert env_modules(make_vec_env(CustomCartPole)) == [__name__]
+    assert not preloadable(__name__)

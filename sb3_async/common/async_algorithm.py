@@ -53,7 +53,7 @@ from sb3_async.common.collectors import (
 from sb3_async.common.collectors.base import DEFAULT_WORKER_TIMEOUT, check_restarts
 from sb3_async.common.collectors.ray_backend import RayCollector, check_actor_options, import_ray
 from sb3_async.common.normalization import NormalizationStatistics
-from sb3_async.common.worker_envs import WorkerEnvFactory
+from sb3_async.common.worker_envs import WorkerEnvFactory, env_modules
 from sb3_async.common.forkserver import start_server_in_background
 from sb3_async.common.flat_optimizer import FlatOptimizerState, can_flatten
 from sb3_async.common.torch_layers import small_image_policy_kwargs
@@ -403,7 +403,7 @@ class AsyncAlgorithmMixin(_Host):
             self._worker_env_factory()
             self._check_worker_setup()
             if self.backend == "local":
-                start_server_in_background()  # the first learn() then finds the workers' server ready
+                start_server_in_background(env_modules(self.env))  # the first learn() then finds the workers' server ready
         if init_setup_model:
             self._setup_model()
             if AUTO in self._requested_layout and self.env is not None:

@@ -38,7 +38,7 @@ from typing import Any
 import cloudpickle
 import gymnasium as gym
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from sb3_async.common.env_recipes import RECIPE_ATTRIBUTE, EnvCopies, VecEnvRecipe, portable_env_id, recipe_for_env_objects
 from sb3_async.common.normalization import NormalizationStatistics, WorkerVecNormalize
@@ -97,3 +97,11 @@ class WorkerEnvFactory:
                 venv = layer.wrapper_class(venv, **layer.kwargs)
         # The same automatic wrapping (VecTransposeImage for channel-last images) as the learner got.
         return BaseAlgorithm._wrap_env(venv)
+
+
+def env_modules(learner_env: VecEnv) -> list[str]:
+    """The modules that define the learner's envs, where it holds them in this process (a ``DummyVecEnv``)."""
+    _, innermost = wrapper_layers(learner_env)
+    if not isinstance(innermost, DummyVecEnv):
+        return []
+    return sorted({type(env.unwrapped).__module__ for env in innermost.envs})

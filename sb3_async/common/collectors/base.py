@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
@@ -140,6 +140,10 @@ class WorkerSpec:
         # The local copy never steps its own optimizer (the learner does, or the worker steps the shared state), so
         # neither its learning rate nor its optimizer matter: a stand-in keeps torch's out of the worker.
         policy_kwargs = {**self.policy_kwargs, "optimizer_class": NoOptimizer, "optimizer_kwargs": {}}
+        if issubclass(self.policy_class, ActorCriticPolicy):
+            # The learner's parameters overwrite the copy's before its first use: SB3's orthogonal
+            # initialization (a QR decomposition per layer, 4 of a worker's 11 ms of start-up) would be thrown away.
+            policy_kwargs["ortho_init"] = False
         try:
             policy = self.policy_class(self.observation_space, self.action_space, lambda _: 0.0, **policy_kwargs)
         except (TypeError, AttributeError):  # a custom policy that sets its own optimizer, or uses it while it builds
