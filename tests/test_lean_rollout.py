@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.distributions import CategoricalDistribution
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import SimpleMultiObsEnv
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_async import A3C, AsyncQLearning, OffPolicyAC
 from sb3_async.a3c.worker import A3CWorker, LeanA3CWorker, RecurrentA3CWorker
+from sb3_async.common.rollout import categorical_log_prob_and_entropy, has_plain_categorical_head, sample_categorical
 
 N_STEPS = 8
 
@@ -155,3 +158,37 @@ def test_workers_walk_the_modules_for_the_training_mode_only_when_a_module_depen
 
     assert calls_per_segment({}) == 0
     assert calls_per_segment(dict(features_extractor_class=BatchNormExtractor)) >= 2
+
+
+def test_the_categorical_shortcut_draws_and_scores_as_sb3s_distribution():
+    th.manual_seed(0)
+    logits = th.randn(64, 5, requires_grad=True)
+    with th.no_grad():
+        logits[:3, 0] = -float("inf")  # an action of probability 0
+    distribution = CategoricalDistribution(5).proba_distribution(logits)
+    th.manual_seed(1)
+    sb3_draws = [distribution.get_actions() for _ in range(20)]
+    th.manual_seed(1)
+    own_draws = [sample_categorical(logits.detach()) for _ in range(20)]
+    assert all(th.equal(own, sb3) for own, sb3 in zip(own_draws, sb3_draws, strict=True))
+    actions = sb3_draws[0]
+    log_prob, entropy = categorical_log_prob_and_entropy(logits, actions)
+    assert th.allclose(log_prob, distribution.log_prob(actions), atol=1e-6)
+    assert th.allclose(entropy, distribution.entropy(), atol=1e-6) and th.isfinite(entropy).all()
+    own_grad = th.autograd.grad((log_prob + entropy).sum(), logits)[0]
+    sb3_grad = th.autograd.grad((distribution.log_prob(actions) + distribution.entropy()).sum(), logits)[0]
+    assert th.allclose(own_grad, sb3_grad, atol=1e-6)
+
+
+class OwnDistributionPolicy(ActorCriticPolicy):
+    def _get_action_dist_from_latent(self, latent_pi):
+        return super()._get_action_dist_from_latent(latent_pi)
+
+
+@pytest.mark.parametrize(
+    "env_id, policy, plain",
+    [("CartPole-v1", "MlpPolicy", True), ("Pendulum-v1", "MlpPolicy", False), ("CartPole-v1", OwnDistributionPolicy, False)],
+)
+def test_the_categorical_shortcut_applies_only_to_sb3s_own_categorical_head(env_id, policy, plain):
+    model = A3C(policy, env_id, n_workers=1, device="cpu")
+    assert has_plain_categorical_head(model.policy) is plain

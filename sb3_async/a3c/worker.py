@@ -18,13 +18,17 @@ from sb3_async.common.collectors import SegmentResult, WorkerLogic
 from sb3_async.common.rollout import (
     CPU,
     StepLog,
+    actor_logits,
     as_observations,
     actions_for_env,
     bootstrap_truncations,
+    categorical_log_prob_and_entropy,
     concatenate_observations,
+    has_plain_categorical_head,
     mode_dependent_module,
     one_row,
     rows_of,
+    sample_categorical,
     truncations,
 )
 
@@ -225,13 +229,19 @@ class LeanA3CWorker(A3CWorker):
     def __init__(self, env: VecEnv, policy: ActorCriticPolicy, worker_id: int, **kwargs: Any) -> None:
         super().__init__(env, policy, worker_id, **kwargs)
         policy.set_training_mode(True)  # once: no module depends on it (lean_rollout_applies)
+        # Discrete actions: the distribution's numbers, computed without building torch's Categorical objects.
+        self.plain_categorical = has_plain_categorical_head(policy)
 
     def compute_loss(self) -> tuple[th.Tensor, SegmentResult]:
         env, policy = self.env, self.policy
         episode_starts = np.empty((self.n_steps, env.num_envs), dtype=np.float32)
         for step in range(self.n_steps):
             with th.no_grad():
-                actions = policy.get_distribution(obs_as_tensor(self._last_obs, CPU)).get_actions()
+                obs = obs_as_tensor(self._last_obs, CPU)
+                if self.plain_categorical:
+                    actions = sample_categorical(actor_logits(policy, obs))
+                else:
+                    actions = policy.get_distribution(obs).get_actions()
             actions_array = actions.reshape((-1, *env.action_space.shape)).numpy()  # type: ignore[misc]
             clipped_actions = actions_for_env(actions_array, env.action_space, policy)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
@@ -269,9 +279,13 @@ class LeanA3CWorker(A3CWorker):
             latent_pi = policy.mlp_extractor.forward_actor(pi_features[:n_rows])
             latent_vf = policy.mlp_extractor.forward_critic(vf_features)
         all_values = policy.value_net(latent_vf).flatten()
-        distribution = policy._get_action_dist_from_latent(latent_pi)
-        log_prob = distribution.log_prob(_actions_for_loss(th.as_tensor(rows_of(steps["actions"])), env.action_space))
-        entropy = distribution.entropy()
+        actions_taken = _actions_for_loss(th.as_tensor(rows_of(steps["actions"])), env.action_space)
+        entropy: th.Tensor | None
+        if self.plain_categorical:
+            log_prob, entropy = categorical_log_prob_and_entropy(policy.action_net(latent_pi), actions_taken)
+        else:
+            distribution = policy._get_action_dist_from_latent(latent_pi)
+            log_prob, entropy = distribution.log_prob(actions_taken), distribution.entropy()
 
         detached = all_values.detach().numpy()
         values = detached[:n_rows].reshape(self.n_steps, env.num_envs)

@@ -17,10 +17,14 @@ from sb3_async.common.rollout import (
     CPU,
     StepLog,
     actions_for_env,
+    actor_logits,
     as_observations,
+    categorical_log_prob,
     concatenate_observations,
+    has_plain_categorical_head,
     mode_dependent_module,
     one_row,
+    sample_categorical,
     truncations,
 )
 from sb3_async.impala.trajectories import TrajectoryLayout
@@ -63,14 +67,21 @@ class IMPALAActor(ActorLogic):
         # Acting is sampling, so a module that acts differently in training (dropout, BatchNorm) acts as in evaluation.
         if mode_dependent_module(policy) is not None:
             policy.set_training_mode(False)
+        self.plain_categorical = has_plain_categorical_head(policy)
 
     def act(self, out: th.Tensor) -> SegmentResult:
         env, policy = self.env, self.policy
         for _ in range(self.n_steps):
             with th.no_grad():
-                distribution = policy.get_distribution(obs_as_tensor(self._last_obs, CPU))
-                actions = distribution.get_actions()
-                log_probs = distribution.log_prob(actions)
+                obs = obs_as_tensor(self._last_obs, CPU)
+                if self.plain_categorical:  # the distribution's numbers, without building torch's Categorical
+                    logits = actor_logits(policy, obs)
+                    actions = sample_categorical(logits)
+                    log_probs = categorical_log_prob(logits, actions)
+                else:
+                    distribution = policy.get_distribution(obs)
+                    actions = distribution.get_actions()
+                    log_probs = distribution.log_prob(actions)
             actions_array = actions.reshape((-1, *env.action_space.shape)).numpy()  # type: ignore[misc]
             clipped_actions = actions_for_env(actions_array, env.action_space, policy)
             new_obs, rewards, dones, infos = env.step(clipped_actions)
