@@ -8,7 +8,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from sb3_async.offpac.behavior import EpsilonBehavior, UniformBehavior
+from sb3_async.offpac.behavior import EpsilonBehavior, TargetBehavior, UniformBehavior
 from sb3_async.offpac.loss import OffPolicyTrajectories, behaviour_kl, effective_sample_size, off_policy_ac_loss, vtrace
 from sb3_async.offpac.worker import SegmentMemory
 
@@ -141,6 +141,22 @@ def test_epsilon_behavior_log_prob_is_the_mixture():
         pi = policy.get_distribution(th.as_tensor(obs)).distribution.probs.numpy()
     expected = 0.7 * pi[np.arange(64), actions] + 0.3 / 3
     assert np.allclose(np.exp(log_b), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("action_space", [spaces.Discrete(3), spaces.Box(-1, 1, (2,))], ids=["categorical", "gaussian"])
+def test_target_behavior_draws_as_the_policy_and_records_its_log_probs(action_space):
+    th.manual_seed(0)
+    policy = ActorCriticPolicy(spaces.Box(-1, 1, (2,)), action_space, lambda _: 0.0, net_arch=[8])
+    obs = np.random.default_rng(0).uniform(-1, 1, size=(64, 2)).astype(np.float32)
+    th.manual_seed(1)
+    actions, log_b = TargetBehavior().act(obs, policy)
+    th.manual_seed(1)
+    with th.no_grad():
+        distribution = policy.get_distribution(th.as_tensor(obs))
+        expected_actions = distribution.get_actions()
+        expected_log_probs = distribution.log_prob(expected_actions)
+    np.testing.assert_array_equal(actions, expected_actions.numpy())
+    np.testing.assert_allclose(log_b, expected_log_probs.numpy(), atol=1e-6)
 
 
 def test_uniform_behavior_on_a_box_is_uniform_in_its_bounds():

@@ -76,6 +76,20 @@ def sample_categorical(logits: th.Tensor) -> th.Tensor:
     return th.multinomial(th.softmax(logits, dim=-1), 1, True).squeeze(-1)
 
 
+def sample_with_log_prob(policy: ActorCriticPolicy, obs: PyTorchObs, plain_categorical: bool) -> tuple[th.Tensor, th.Tensor]:
+    """
+    One draw from ``policy.get_distribution(obs)`` and its log-probability, through the categorical
+    shortcut where ``plain_categorical`` (:func:`has_plain_categorical_head`) says it computes the same.
+    """
+    if plain_categorical:
+        logits = actor_logits(policy, obs)
+        actions = sample_categorical(logits)
+        return actions, categorical_log_prob(logits, actions)
+    distribution = policy.get_distribution(obs)
+    actions = distribution.get_actions()
+    return actions, distribution.log_prob(actions)
+
+
 def categorical_log_prob(logits: th.Tensor, actions: th.Tensor) -> th.Tensor:
     """``log_prob(actions)`` of SB3's ``CategoricalDistribution`` over ``logits``."""
     return th.log_softmax(logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)

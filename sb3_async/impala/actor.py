@@ -17,14 +17,12 @@ from sb3_async.common.rollout import (
     CPU,
     StepLog,
     actions_for_env,
-    actor_logits,
     as_observations,
-    categorical_log_prob,
     concatenate_observations,
     has_plain_categorical_head,
     mode_dependent_module,
     one_row,
-    sample_categorical,
+    sample_with_log_prob,
     truncations,
 )
 from sb3_async.impala.trajectories import TrajectoryLayout
@@ -73,15 +71,7 @@ class IMPALAActor(ActorLogic):
         env, policy = self.env, self.policy
         for _ in range(self.n_steps):
             with th.no_grad():
-                obs = obs_as_tensor(self._last_obs, CPU)
-                if self.plain_categorical:  # the distribution's numbers, without building torch's Categorical
-                    logits = actor_logits(policy, obs)
-                    actions = sample_categorical(logits)
-                    log_probs = categorical_log_prob(logits, actions)
-                else:
-                    distribution = policy.get_distribution(obs)
-                    actions = distribution.get_actions()
-                    log_probs = distribution.log_prob(actions)
+                actions, log_probs = sample_with_log_prob(policy, obs_as_tensor(self._last_obs, CPU), self.plain_categorical)
             actions_array = actions.reshape((-1, *env.action_space.shape)).numpy()  # type: ignore[misc]
             clipped_actions = actions_for_env(actions_array, env.action_space, policy)
             new_obs, rewards, dones, infos = env.step(clipped_actions)

@@ -27,6 +27,8 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 
+from sb3_async.common.rollout import has_plain_categorical_head, sample_with_log_prob
+
 BehaviorSpec = str | tuple[str, float] | list | BaseAlgorithm | BasePolicy | Callable[[Any], tuple[np.ndarray, np.ndarray]]
 
 
@@ -51,9 +53,9 @@ class BehaviorPolicy(ABC):
 class TargetBehavior(BehaviorPolicy):
     def act(self, obs, target):
         with th.no_grad():
-            distribution = target.get_distribution(target.obs_to_tensor(obs)[0])
-            actions = distribution.get_actions()
-            return actions.numpy(), distribution.log_prob(actions).numpy()
+            obs_tensor = target.obs_to_tensor(obs)[0]
+            actions, log_probs = sample_with_log_prob(target, obs_tensor, has_plain_categorical_head(target))
+            return actions.numpy(), log_probs.numpy()
 
 
 class UniformBehavior(BehaviorPolicy):
