@@ -12,14 +12,18 @@ CartPole-v1 with ``n_steps`` 5. To compare two versions of the code, run it on e
 import argparse
 import time
 
+import torch as th
+
 from sb3_async import A3C
 from sb3_async.common.collectors.base import WorkerCore, prepare_worker_process
 
 
 def microseconds_per_gradient(n_envs: int, seconds: float) -> float:
     model = A3C("MlpPolicy", "CartPole-v1", n_workers=1, envs_per_worker=n_envs, n_steps=5, seed=0, device="cpu")
-    core = WorkerCore(0, model._worker_spec(), sum(param.numel() for param in model.policy.parameters()))
+    params = th.nn.utils.parameters_to_vector(model.policy.parameters()).detach()
+    core = WorkerCore(0, model._worker_spec(), params.numel())
     try:
+        core.load_parameters(params, th.zeros(0, dtype=th.float64))  # the learner's, as a worker's first segment
         for _ in range(200):  # warm-up: resets, allocations
             core.run_segment()
         n_gradients, started = 0, time.perf_counter()

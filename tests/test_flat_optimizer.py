@@ -14,6 +14,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_async import A3C, IMPALA, AsyncQLearning, OffPolicyAC
+from sb3_async.common.collectors.base import NoOptimizer
 from sb3_async.common.flat_optimizer import FlatOptimizerState
 from sb3_async.common.forkserver import preloadable
 from sb3_async.common.worker_envs import env_modules
@@ -160,6 +161,19 @@ class CustomCartPole(gym.Wrapper):
 def test_the_workers_server_preloads_gymnasiums_env_modules_and_no_others():
     assert env_modules(make_vec_env("CartPole-v1", n_envs=2)) == ["gymnasium.envs.classic_control.cartpole"]
     assert preloadable("gymnasium.envs.classic_control.cartpole")
+    assert preloadable("gymnasium.envs.box2d.lunar_lander")
+    assert not preloadable("gymnasium.envs.mujoco.ant_v5")  # imports MuJoCo, which loads GL libraries
     # A user's module is imported by each worker, never by the server that every worker forks from.
     assert env_modules(make_vec_env(CustomCartPole)) == [__name__]
     assert not preloadable(__name__)
+
+
+class PolicyThatSetsOrthoInit(ActorCriticPolicy):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, ortho_init=False, **kwargs)
+
+
+def test_a_policy_that_sets_ortho_init_itself_still_gets_the_stand_in_optimizer():
+    # Its first build (with ortho_init=False added) raises TypeError; the next keeps the stand-in optimizer.
+    model = A3C(PolicyThatSetsOrthoInit, "CartPole-v1", n_workers=1, device="cpu")
+    assert isinstance(model._worker_spec().build_policy().optimizer, NoOptimizer)

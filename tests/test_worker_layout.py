@@ -2,6 +2,7 @@
 
 import gymnasium as gym
 import pytest
+import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
 
@@ -107,8 +108,8 @@ def test_the_value_methods_take_auto_too():
 def test_the_probe_measures_the_segment_length_each_algorithm_steps():
     # The value methods' segments are train_freq steps long; their n_steps is the return's length, not the segment's.
     model = AsyncQLearning("MlpPolicy", "CartPole-v1", n_workers=1, train_freq=5, n_steps=1, device="cpu")
-    n_params = sum(param.numel() for param in model.policy.parameters())
-    (cost,) = measure_gradient_costs(model._worker_spec(), n_params, [2], seconds=0.2)
+    params = th.cat([param.detach().flatten() for param in model.policy.parameters()])
+    (cost,) = measure_gradient_costs(model._worker_spec(), params, th.zeros(0, dtype=th.float64), [2], seconds=0.2)
     assert (cost.envs_per_worker, cost.steps_per_env) == (2, 5)
 
 

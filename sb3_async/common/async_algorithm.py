@@ -419,8 +419,9 @@ class AsyncAlgorithmMixin(_Host):
         auto_workers, auto_envs = requested_workers == AUTO, requested_envs == AUTO
         user_envs = _n_envs_of(self._user_env) if requested_envs is None else None  # shared among the workers chosen
         probed = list(PROBED_ENVS_PER_WORKER) if auto_envs else [self.envs_per_worker]
-        n_params = sum(param.numel() for param in self.policy.parameters())
-        costs = measure_gradient_costs(self._worker_spec(), n_params, probed, PROBE_SECONDS)
+        params = th.nn.utils.parameters_to_vector(self.policy.parameters()).detach()
+        buffers = buffers_to_vector(list(self.policy.buffers()))
+        costs = measure_gradient_costs(self._worker_spec(), params, buffers, probed, PROBE_SECONDS)
         layout = choose_layout(
             costs, cores=default_n_workers(), envs_per_worker=None if auto_envs else self.envs_per_worker, n_envs=user_envs
         )

@@ -38,13 +38,18 @@ def _the_server(env_modules: Sequence[str] = ()) -> forkserver.ForkServer:
     return _server
 
 
+# gymnasium's env packages whose import starts no thread, opens no device and raises nothing but an
+# ImportError (a missing Box2D), which the server skips; not MuJoCo's (GL libraries) or the JAX-based envs.
+PRELOADABLE_ENV_PACKAGES = ("gymnasium.envs.classic_control.", "gymnasium.envs.toy_text.", "gymnasium.envs.box2d.")
+
+
 def preloadable(module_name: str) -> bool:
     """
-    Whether the server may import ``module_name`` (an env's module) beside ``sb3_async``: gymnasium's
-    own envs, whose import is known to be free of side effects (no threads, no devices). Each worker
-    would import it anyway to build its envs: the classic-control envs alone cost a worker 3.6 ms.
+    Whether the server may import ``module_name`` (an env's module) beside ``sb3_async``: each worker
+    would import it anyway to build its envs (the classic-control envs cost a worker 3.6 ms), but a
+    server that fails to start fails every ``learn()`` of the process, so only modules known to be safe.
     """
-    return module_name.startswith("gymnasium.envs.")
+    return module_name.startswith(PRELOADABLE_ENV_PACKAGES)
 
 
 def server_pid() -> int | None:

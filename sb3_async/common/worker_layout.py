@@ -149,10 +149,14 @@ def choose_layout(costs: list[GradientCost], cores: int, envs_per_worker: int | 
     return WorkerLayout(n_workers, chosen_envs, cores, nearest.cpu_share, fixed, per_env_step)
 
 
-def measure_gradient_costs(spec: WorkerSpec, n_params: int, envs_per_worker: list[int], seconds: float) -> list[GradientCost]:
+def measure_gradient_costs(
+    spec: WorkerSpec, params: th.Tensor, buffers: th.Tensor, envs_per_worker: list[int], seconds: float
+) -> list[GradientCost]:
     """
     Run a worker's loop in a probe process, started as workers are, for ``seconds`` in all, at each
     env count in ``envs_per_worker``; raise :class:`WorkerError` with its traceback if it fails.
+    The probe acts with the learner's flat ``params`` and ``buffers``, as a worker's first segment
+    does: how long its episodes last, and so how often its envs reset, is then the run's.
     """
     specs = [replace(spec, env_factory=replace(spec.env_factory, envs_per_worker=n)) for n in envs_per_worker]
     spec_bytes = dumps_for_workers(specs, what="the worker setup (policy, env factory, hyperparameters)")
@@ -160,7 +164,7 @@ def measure_gradient_costs(spec: WorkerSpec, n_params: int, envs_per_worker: lis
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
         target=_probe_main,
-        args=(spec_bytes, n_params, seconds / len(specs), sender),
+        args=(spec_bytes, params.detach().clone(), buffers.detach().clone(), seconds / len(specs), sender),
         name="sb3_async-probe",
         daemon=True,
     )
@@ -186,14 +190,15 @@ def measure_gradient_costs(spec: WorkerSpec, n_params: int, envs_per_worker: lis
         process.close()
 
 
-def _probe_main(spec_bytes: bytes, n_params: int, seconds_each: float, sender: Connection) -> None:
+def _probe_main(spec_bytes: bytes, params: th.Tensor, buffers: th.Tensor, seconds_each: float, sender: Connection) -> None:
     prepare_worker_process()
     try:
         costs = []
         for spec in cloudpickle.loads(spec_bytes):
-            core = WorkerCore(0, spec, n_params)
-            gradient = th.zeros(spec.slot_size(n_params))  # or an actor's trajectory
+            core = WorkerCore(0, spec, params.numel())
+            gradient = th.zeros(spec.slot_size(params.numel()))  # or an actor's trajectory
             try:
+                core.load_parameters(params, buffers)
                 core.run_segment()  # the first one pays for resets and lazy initialisation
                 n_gradients, env_steps, started, cpu_started = 0, 0, time.perf_counter(), time.process_time()
                 while n_gradients < 3 or time.perf_counter() - started < seconds_each:

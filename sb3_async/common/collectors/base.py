@@ -139,16 +139,21 @@ class WorkerSpec:
     def build_policy(self) -> BasePolicy:
         # The local copy never steps its own optimizer (the learner does, or the worker steps the shared state), so
         # neither its learning rate nor its optimizer matter: a stand-in keeps torch's out of the worker.
-        policy_kwargs = {**self.policy_kwargs, "optimizer_class": NoOptimizer, "optimizer_kwargs": {}}
+        stand_in = {**self.policy_kwargs, "optimizer_class": NoOptimizer, "optimizer_kwargs": {}}
+        attempts = [stand_in, self.policy_kwargs]  # the user's own: a policy that sets or uses its optimizer itself
         if issubclass(self.policy_class, ActorCriticPolicy):
             # The learner's parameters overwrite the copy's before its first use: SB3's orthogonal
             # initialization (a QR decomposition per layer, 4 of a worker's 11 ms of start-up) would be thrown away.
-            policy_kwargs["ortho_init"] = False
-        try:
-            policy = self.policy_class(self.observation_space, self.action_space, lambda _: 0.0, **policy_kwargs)
-        except (TypeError, AttributeError):  # a custom policy that sets its own optimizer, or uses it while it builds
-            policy = self.policy_class(self.observation_space, self.action_space, lambda _: 0.0, **self.policy_kwargs)
-        return policy.to("cpu")
+            attempts.insert(0, {**stand_in, "ortho_init": False})
+        for policy_kwargs in attempts[:-1]:
+            try:
+                return self._policy_with(policy_kwargs)
+            except (TypeError, AttributeError):  # e.g. a custom policy that sets ortho_init or its optimizer itself
+                pass
+        return self._policy_with(attempts[-1])
+
+    def _policy_with(self, policy_kwargs: dict[str, Any]) -> BasePolicy:
+        return self.policy_class(self.observation_space, self.action_space, lambda _: 0.0, **policy_kwargs).to("cpu")
 
 
 @dataclass
