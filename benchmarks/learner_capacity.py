@@ -132,6 +132,7 @@ def real_worker_gradients_per_second(network: dict, seconds: float) -> float:
     spec = model._worker_spec()
     env = spec.env_factory.build(0, spec.normalization)
     policy = spec.build_policy()
+    policy.load_state_dict(model.policy.state_dict())  # a worker acts with the learner's parameters
     logic = spec.logic_class(env, policy, 0, **spec.logic_kwargs)
     threads = th.get_num_threads()
     th.set_num_threads(1)

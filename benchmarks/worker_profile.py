@@ -31,6 +31,7 @@ def worker_step_function(n_envs: int, seed: int):
     spec = model._worker_spec()
     env = spec.env_factory.build(0, spec.normalization)
     policy = spec.build_policy()
+    policy.load_state_dict(model.policy.state_dict())  # a worker acts with the learner's parameters
     params = list(policy.parameters())
     flat_gradient = th.zeros_like(flat_parameters_view(params))
     logic = spec.logic_class(env, policy, 0, **spec.logic_kwargs)
