@@ -18,7 +18,6 @@ from sb3_async.common.collectors import SegmentResult, WorkerLogic
 from sb3_async.common.rollout import (
     CPU,
     StepLog,
-    actor_logits,
     as_observations,
     actions_for_env,
     bootstrap_truncations,
@@ -28,7 +27,7 @@ from sb3_async.common.rollout import (
     mode_dependent_module,
     one_row,
     rows_of,
-    sample_categorical,
+    sample_actions,
     truncations,
 )
 
@@ -237,11 +236,7 @@ class LeanA3CWorker(A3CWorker):
         episode_starts = np.empty((self.n_steps, env.num_envs), dtype=np.float32)
         for step in range(self.n_steps):
             with th.no_grad():
-                obs = obs_as_tensor(self._last_obs, CPU)
-                if self.plain_categorical:
-                    actions = sample_categorical(actor_logits(policy, obs))
-                else:
-                    actions = policy.get_distribution(obs).get_actions()
+                actions = sample_actions(policy, obs_as_tensor(self._last_obs, CPU), self.plain_categorical)
             actions_array = actions.reshape((-1, *env.action_space.shape)).numpy()  # type: ignore[misc]
             clipped_actions = actions_for_env(actions_array, env.action_space, policy)
             new_obs, rewards, dones, infos = env.step(clipped_actions)

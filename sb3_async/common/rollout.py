@@ -76,6 +76,16 @@ def sample_categorical(logits: th.Tensor) -> th.Tensor:
     return th.multinomial(th.softmax(logits, dim=-1), 1, True).squeeze(-1)
 
 
+def sample_actions(policy: ActorCriticPolicy, obs: PyTorchObs, plain_categorical: bool) -> th.Tensor:
+    """
+    One draw from ``policy.get_distribution(obs)``, through the categorical shortcut where
+    ``plain_categorical`` (:func:`has_plain_categorical_head`) says it computes the same.
+    """
+    if plain_categorical:
+        return sample_categorical(actor_logits(policy, obs))
+    return policy.get_distribution(obs).get_actions()
+
+
 def sample_with_log_prob(policy: ActorCriticPolicy, obs: PyTorchObs, plain_categorical: bool) -> tuple[th.Tensor, th.Tensor]:
     """
     One draw from ``policy.get_distribution(obs)`` and its log-probability, through the categorical
@@ -92,16 +102,20 @@ def sample_with_log_prob(policy: ActorCriticPolicy, obs: PyTorchObs, plain_categ
 
 def categorical_log_prob(logits: th.Tensor, actions: th.Tensor) -> th.Tensor:
     """``log_prob(actions)`` of SB3's ``CategoricalDistribution`` over ``logits``."""
-    return th.log_softmax(logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    return _taken(th.log_softmax(logits, dim=-1), actions)
 
 
 def categorical_log_prob_and_entropy(logits: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
     """``log_prob(actions)`` and ``entropy()`` of SB3's ``CategoricalDistribution`` over ``logits``, from one log-softmax."""
     log_probs = th.log_softmax(logits, dim=-1)
-    log_prob = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
     # As torch's Categorical.entropy: a probability of 0 contributes 0, not 0 * -inf.
     entropy = -(log_probs.clamp(min=th.finfo(log_probs.dtype).min) * log_probs.exp()).sum(-1)
-    return log_prob, entropy
+    return _taken(log_probs, actions), entropy
+
+
+def _taken(log_probs: th.Tensor, actions: th.Tensor) -> th.Tensor:
+    """Each row's log-probability of the action taken in it."""
+    return log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
 
 class StepLog:
