@@ -151,6 +151,7 @@ def test_optimize_records_two_trials_and_leaves_no_process_behind(algo, sampled,
     assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(np.isfinite(trial.value) and trial.value > 0 for trial in trials)
     assert sampled <= set(trials[0].params)
+    assert "log_std_init" not in trials[0].params  # Discrete actions: no Gaussian to explore with
 
 
 @pytest.mark.parametrize("objective", ["reward", "time"])
@@ -166,6 +167,32 @@ def test_the_impala_sampler_gives_arguments_impala_takes(objective):
         if objective == "reward":
             model = IMPALA("MlpPolicy", "CartPole-v1", device="cpu", **kwargs)
             assert model.n_workers * model.envs_per_worker == 8
+
+
+@pytest.mark.parametrize("algo, gsde", [(A3C, True), (OffPolicyAC, True), (IMPALA, False)])
+def test_for_box_actions_the_samplers_search_the_gaussians_exploration(algo, gsde):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(4):
+        trial = study.ask()
+        name = {A3C: "a3c", OffPolicyAC: "offpac", IMPALA: "impala"}[algo]
+        kwargs = SAMPLERS[name](trial, n_actions=1, n_envs=4, additional_args={})
+        assert kwargs["policy_kwargs"]["log_std_init"] == trial.params["log_std_init"]
+        assert ("use_sde" in kwargs) == gsde
+        assert CONVERTERS[name](trial.params) | {"envs_per_worker": kwargs["envs_per_worker"]} == kwargs
+        model = algo("MlpPolicy", "Pendulum-v1", device="cpu", **kwargs)
+        assert model.policy.log_std.detach().mean().item() == pytest.approx(trial.params["log_std_init"])
+        assert model.policy.use_sde == kwargs.get("use_sde", False)
+
+
+def test_the_zoo_tells_the_samplers_when_the_actions_are_continuous(tmp_path, no_leaks):
+    storage = tmp_path / "offpac.log"
+    main(
+        ["train", "--algo", "offpac", "--env", "Pendulum-v1", "-f", str(tmp_path / "logs"), "-n", "400",
+         "-optimize", "--n-trials", "1", "--n-evaluations", "1", "--eval-episodes", "1", "--sampler", "random",
+         "--storage", str(storage), "--study-name", "offpac-box", "--no-optim-plots", "--seed", "0"]
+    )  # fmt: skip
+    (trial,) = journal_study(storage, "offpac-box").trials
+    assert {"log_std_init", "use_sde"} <= set(trial.params)
 
 
 def test_a_trial_whose_worker_crashes_is_pruned_and_the_study_goes_on(tmp_path, capsys, no_leaks):
@@ -347,4 +374,5 @@ def test_config_kwargs_are_what_the_zoo_gives_the_constructor():
     model = A3C("MlpPolicy", "Pendulum-v1", device="cpu", **kwargs)  # every key is a constructor argument
     assert model.use_sde and model.n_workers == 2
     offpac = OffPolicyAC("MlpPolicy", "Pendulum-v1", device="cpu", **config_kwargs("offpac", "Pendulum-v1"))
-    assert offpac.use_sde and offpac.trace_lambda == 0.9 and offpac.buffer_size == 10_000
+    assert offpac.use_sde and offpac.trace_lambda == 0.95 and offpac.replay_ratio == 0.0
+    assert (offpac.n_workers, offpac.envs_per_worker, offpac.update_mode) == (4, 2, "hogwild")

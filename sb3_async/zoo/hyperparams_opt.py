@@ -11,7 +11,8 @@ them (``n_workers``, a divisor of ``n_envs``), so the evaluation schedule rl-zoo
 ``n_envs`` stays right for every trial. Under the wall-clock objective (``--objective time``, whose
 trials carry the user attribute ``objective="time"``), the layout is free instead: ``n_workers`` and
 ``envs_per_worker`` (each may be ``"auto"``) and ``update_mode`` are searched, since how the work sits
-on the cores is what that objective ranks (:mod:`sb3_async.zoo.time_objective`).
+on the cores is what that objective ranks (:mod:`sb3_async.zoo.time_objective`). For Box actions the
+actor-critics' samplers also search the Gaussian's initial log std and gSDE, which rl-zoo3's leave alone.
 """
 
 from typing import Any
@@ -47,6 +48,21 @@ def _sample_layout(trial: optuna.Trial, n_envs: int, update_modes: bool = True) 
     return {"n_workers": trial.suggest_categorical("n_workers", [n for n in N_WORKERS_CHOICES if n_envs % n == 0])}
 
 
+def _sample_gaussian_exploration(trial: optuna.Trial, n_actions: int, gsde: bool) -> dict[str, Any]:
+    """
+    For Box actions, the Gaussian's exploration: its initial log std, and state-dependent noise or not
+    (for an algorithm that takes ``use_sde``: ``gsde``).
+    rl-zoo3 sets ``n_actions`` only for Box spaces (0 otherwise), and its own samplers leave these at SB3's
+    defaults; on Pendulum they decide whether an actor-critic learns at all (docs/offpac.md, "Continuous actions").
+    """
+    if n_actions <= 0:
+        return {}
+    exploration: dict[str, Any] = {"log_std_init": trial.suggest_float("log_std_init", -3.0, 1.0)}
+    if gsde:
+        exploration["use_sde"] = trial.suggest_categorical("use_sde", [False, True])
+    return exploration
+
+
 def _with_envs_per_worker(hyperparams: dict[str, Any], n_envs: int) -> dict[str, Any]:
     """``envs_per_worker = n_envs // n_workers`` unless the trial chose its own."""
     if "envs_per_worker" in hyperparams:
@@ -54,8 +70,18 @@ def _with_envs_per_worker(hyperparams: dict[str, Any], n_envs: int) -> dict[str,
     return {**hyperparams, "envs_per_worker": n_envs // hyperparams["n_workers"]}
 
 
-def _sample_common(trial: optuna.Trial, n_envs: int, n_steps_choices: list[int], update_modes: bool = True) -> dict[str, Any]:
-    """What A3C, OffPolicyAC and IMPALA share: the actor-critic loss weights, optimisation and network."""
+def _sample_common(
+    trial: optuna.Trial,
+    n_actions: int,
+    n_envs: int,
+    n_steps_choices: list[int],
+    update_modes: bool = True,
+    gsde: bool = True,
+) -> dict[str, Any]:
+    """
+    What A3C, OffPolicyAC and IMPALA share: the actor-critic loss weights, optimisation and network, and
+    for Box actions (``n_actions > 0``) the Gaussian's exploration.
+    """
     return {
         "n_steps": trial.suggest_categorical("n_steps", n_steps_choices),
         "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True),
@@ -66,6 +92,7 @@ def _sample_common(trial: optuna.Trial, n_envs: int, n_steps_choices: list[int],
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCH)),
         "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATION_FN)),
         **_sample_layout(trial, n_envs, update_modes),
+        **_sample_gaussian_exploration(trial, n_actions, gsde),
     }
 
 
@@ -79,6 +106,8 @@ def _convert_common(params: dict[str, Any]) -> dict[str, Any]:
         policy_kwargs["net_arch"] = NET_ARCH[hyperparams.pop("net_arch")]
     if "activation_fn" in hyperparams:
         policy_kwargs["activation_fn"] = ACTIVATION_FN[hyperparams.pop("activation_fn")]
+    if "log_std_init" in hyperparams:
+        policy_kwargs["log_std_init"] = hyperparams.pop("log_std_init")
     if policy_kwargs:
         hyperparams["policy_kwargs"] = policy_kwargs
     return hyperparams
@@ -91,7 +120,7 @@ def convert_a3c_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def sample_a3c_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """Sampler for A3C: the paper's t_max (``n_steps``), gamma, GAE lambda, loss weights, lr, network, workers."""
-    params = _sample_common(trial, n_envs, [5, 8, 16, 32, 64])
+    params = _sample_common(trial, n_actions, n_envs, [5, 8, 16, 32, 64])
     params["one_minus_gae_lambda"] = trial.suggest_float("one_minus_gae_lambda", 0.0001, 0.1, log=True)
     trial.set_user_attr("gamma", 1 - params["one_minus_gamma"])
     return _with_envs_per_worker(convert_a3c_params(params), n_envs)
@@ -126,7 +155,7 @@ def convert_offpac_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def sample_offpac_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """Sampler for OffPolicyAC: the shared ones plus truncation, trace lambda, replay and behaviour exploration."""
-    params = _sample_common(trial, n_envs, [4, 8, 16, 32])
+    params = _sample_common(trial, n_actions, n_envs, [4, 8, 16, 32])
     params["rho_bar"] = trial.suggest_categorical("rho_bar", [0.5, 1.0, 2.0, 5.0])
     params["c_bar"] = trial.suggest_categorical("c_bar", [0.5, 1.0])
     params["trace_lambda"] = trial.suggest_categorical("trace_lambda", [0.8, 0.9, 0.95, 1.0])
@@ -146,9 +175,10 @@ def convert_impala_params(params: dict[str, Any]) -> dict[str, Any]:
 def sample_impala_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
     Sampler for IMPALA: the shared ones (the unroll length as ``n_steps``; its learner applies every
-    update, so no ``update_mode``), plus the batch of trajectories per update and the traces' truncation.
+    update, so no ``update_mode``; its actors take no gSDE), plus the batch of trajectories per update
+    and the traces' truncation.
     """
-    params = _sample_common(trial, n_envs, [5, 10, 20, 50], update_modes=False)
+    params = _sample_common(trial, n_actions, n_envs, [5, 10, 20, 50], update_modes=False, gsde=False)
     params["batch_size"] = trial.suggest_categorical("batch_size", [1, 2, 4, 8, 16, 32])
     params["c_bar"] = trial.suggest_categorical("c_bar", [0.5, 1.0])
     trial.set_user_attr("gamma", 1 - params["one_minus_gamma"])
