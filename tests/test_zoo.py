@@ -169,12 +169,11 @@ def test_the_impala_sampler_gives_arguments_impala_takes(objective):
             assert model.n_workers * model.envs_per_worker == 8
 
 
-@pytest.mark.parametrize("algo, gsde", [(A3C, True), (OffPolicyAC, True), (IMPALA, False)])
-def test_for_box_actions_the_samplers_search_the_gaussians_exploration(algo, gsde):
+@pytest.mark.parametrize("name, algo, gsde", [("a3c", A3C, True), ("offpac", OffPolicyAC, True), ("impala", IMPALA, False)])
+def test_for_box_actions_the_samplers_search_the_gaussians_exploration(name, algo, gsde):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(4):
         trial = study.ask()
-        name = {A3C: "a3c", OffPolicyAC: "offpac", IMPALA: "impala"}[algo]
         kwargs = SAMPLERS[name](trial, n_actions=1, n_envs=4, additional_args={})
         assert kwargs["policy_kwargs"]["log_std_init"] == trial.params["log_std_init"]
         assert ("use_sde" in kwargs) == gsde
