@@ -87,7 +87,7 @@ MINATAR_GAMES ?= Breakout SpaceInvaders Freeway
 MINATAR_SEEDS ?= 3
 results-minatar: .venv-test/.done
 	for game in $(MINATAR_GAMES); do \
-		.venv-test/bin/python -m sb3_async.compare --env MinAtar/$$game-v1 --algos a3c a3c_lstm a2c \
+		.venv-test/bin/python -m sb3_async.compare --env MinAtar/$$game-v1 --algos a3c a3c_lstm a2c impala \
 			--conf-file a2c=benchmarks/configs/a2c_minatar.yml --seeds $(MINATAR_SEEDS) --timesteps 2000000 \
 			--out docs/results/MinAtar-$$game --resume || exit 1; \
 	done
